@@ -89,6 +89,42 @@ def test_real_pair_datasets(shared_data):
     assert len({r.id for r in first}) == 5 and first[0].text == first[1].source
 
 
+def test_paraphrase_mix_splits_qqp_and_keeps_test_pairs_out_of_training(tmp_path, monkeypatch):
+    from sgdd.sources import pairs as pair_sources
+
+    monkeypatch.setattr(pair_sources, "QQP_TRAIN_PAIRS", 2)
+    monkeypatch.setattr(pair_sources, "QQP_VALIDATION_PAIRS", 1)
+    for name in ("flickr8k", "mrpc", "qqp"):
+        (tmp_path / name).mkdir()
+    write_jsonl(tmp_path / "flickr8k" / "train.jsonl", [{"image": "1.jpg", "captions": ["a dog", "one dog"]}])
+    write_jsonl(tmp_path / "mrpc" / "train.jsonl", [{"label": 1, "sentence1": "M one.", "sentence2": "M 1."}])
+    write_jsonl(tmp_path / "qqp" / "validation.jsonl", [
+        {"src": "Q a?", "trg": "Q b?"}, {"src": "Q c?", "trg": "Q d?"},  # train
+        {"src": "Q e?", "trg": "Q f?"},  # validation
+        {"src": "Q g?", "trg": "Q h?"}, {"src": "q D?", "trg": "Q i?"},  # test; the second was seen in train
+    ])
+    mix = get_source("paraphrase-mix", data_dir=str(tmp_path))
+    train, _ = pairs(mix, "train")
+    assert [(s, t) for _, s, t in train] == [
+        ("a dog", "one dog"), ("one dog", "a dog"), ("M one.", "M 1."), ("M 1.", "M one."),
+        ("Q a?", "Q b?"), ("Q b?", "Q a?"), ("Q c?", "Q d?"), ("Q d?", "Q c?")]
+    assert len({i for i, _, _ in train}) == len(train)
+    assert [(s, t) for _, s, t in pairs(mix, "validation")[0]] == [("Q e?", "Q f?")]
+    test, stats = pairs(mix, "test")
+    assert [(s, t) for _, s, t in test] == [("Q g?", "Q h?")] and stats == {"qqp_seen_in_train": 1}
+    with pytest.raises(SgddError, match="lacks"):
+        get_source("paraphrase-mix", data_dir=str(tmp_path / "flickr8k"))
+
+
+def test_real_paraphrase_mix_keeps_qqp_test_out_of_training(shared_data):
+    mix = get_source("paraphrase-mix", data_dir=str(shared_data))
+    train, _ = pairs(mix, "train")
+    test, stats = pairs(mix, "test")
+    seen = {s.lower() for _, a, b in train for s in (a, b)}
+    assert len(test) > 900 and stats["qqp_seen_in_train"] > 0
+    assert not any(a.lower() in seen or b.lower() in seen for _, a, b in test)
+
+
 # -- Hugging Face datasets, streamed ---------------------------------------------------------------
 def test_hf_streaming_dataset_from_a_local_directory(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", [{"body": "a first sentence"}, {"body": "<b>a second</b> one"}, {"body": 5}])

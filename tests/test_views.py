@@ -101,3 +101,15 @@ def test_sentence_view_batch_is_its_rows(tiny_cache):
     batch = view.batch(idx)
     assert torch.equal(batch.x0, view.ids[idx]) and torch.equal(batch.cond, view.vectors[idx])
     assert view.length == 16 and view.cond_dim == 16
+
+
+def test_sentence_view_length_bucket_keeps_the_decoded_width(tiny_cache):
+    split = open_cache(tiny_cache).split("train")
+    lengths = torch.tensor(split.table.column("length").to_pylist())
+    limit = int(lengths.median())
+    bucket = sentence_view(split, 16, 1, max_tokens=limit)
+    assert bucket.ids.shape == (int((lengths <= limit).sum()), 16)
+    assert bucket.row_index.tolist() == torch.nonzero(lengths <= limit).squeeze(1).tolist()
+    assert bucket.dropped == int((lengths > limit).sum()) > 0
+    with pytest.raises(SgddError, match="fits max_tokens=1 "):
+        sentence_view(split, 16, 1, max_tokens=1)

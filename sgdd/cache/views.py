@@ -98,15 +98,20 @@ class SentenceView:
         return Batch(self.ids[idx], self.vectors[idx])
 
 
-def sentence_view(split: CacheSplit, max_len: int, pad_id: int, max_rows: int | None = None) -> SentenceView:
+def sentence_view(split: CacheSplit, max_len: int, pad_id: int, max_rows: int | None = None,
+                  max_tokens: int | None = None) -> SentenceView:
+    """``max_tokens`` (<= max_len) leaves out rows longer than it too: a length bucket that
+    is still padded to ``max_len``, the length the decoder generates."""
+    limit = max_len if max_tokens is None else min(max_len, max_tokens)
     n = split.num_rows if max_rows is None else min(max_rows, split.num_rows)
     if n == 0:
         raise SgddError(f"split {split.dir} is empty")
     check_view(split, "sentence")
     lengths = torch.tensor(split.table.column("length").to_pylist()[:n])
-    keep = torch.nonzero(lengths <= max_len).squeeze(1)
+    keep = torch.nonzero(lengths <= limit).squeeze(1)
     if keep.numel() == 0:
-        raise SgddError(f"no row of {split.dir} fits max_len={max_len} (shortest has {int(lengths.min())} tokens)")
+        what = f"max_len={max_len}" if limit == max_len else f"max_tokens={limit}"
+        raise SgddError(f"no row of {split.dir} fits {what} (shortest has {int(lengths.min())} tokens)")
     all_ids = split.column("input_ids")
     all_texts = split.column("text")
     ids = torch.full((keep.numel(), max_len), pad_id, dtype=torch.long)

@@ -195,6 +195,8 @@ class EvalConfig:
     trajectories: int = doc(3, "Rows whose denoising trajectory (which token was committed at which step) "
                                "goes into the report.")
     max_samples: int | None = doc(None, "Decode at most N rows of the split (windows of an MTP cache).")
+    max_tokens: int | None = doc(None, "Sentences: score only the rows of at most N tokens (special tokens "
+                                 "included) among those read; the decoder still generates max_len tokens.")
     batch_size: int = doc(128, "Sequences decoded together.")
     precision: str = doc("auto", "auto, fp32, bf16, fp16.")
     device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
@@ -476,6 +478,8 @@ def _check(cfg: Any) -> list[str]:
             p.append(f"batch_size must be positive, got {cfg.batch_size}")
         if cfg.max_samples is not None and cfg.max_samples < 1:
             p.append(f"max_samples must be positive, got {cfg.max_samples}")
+        if cfg.max_tokens is not None and cfg.max_tokens < 1:
+            p.append(f"max_tokens must be positive, got {cfg.max_tokens}")
         if cfg.precision not in PRECISIONS:
             p.append(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     elif isinstance(cfg, RunConfig):

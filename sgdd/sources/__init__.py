@@ -84,6 +84,7 @@ DATASETS: dict[str, Callable[..., Source]] = {
     "qqp": _pairs("qqp"),
     "mrpc": _pairs("mrpc"),
     "flickr8k": _pairs("flickr8k"),
+    "paraphrase-mix": _pairs("paraphrase-mix"),
 }
 HF_PREFIX = "hf:"
 

@@ -12,6 +12,7 @@ streams the Hugging Face copy where there is one (GLUE's qqp and mrpc).
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Callable, Iterator
@@ -147,8 +148,66 @@ def pair_dataset(name: str, records: Callable, hub_config: str | None, data_dir:
     return Source(name, ("train", "validation", "test"), fingerprint, read_hub, kind="pairs")
 
 
+
+
+# -- the phase-2 training mix ------------------------------------------------------------------
+QQP_TRAIN_PAIRS = 947  # QQP validation rows [0, 947) train, [947, 1047) validate, [1047, end) test
+QQP_VALIDATION_PAIRS = 100
+
+
+def paraphrase_mix(data_dir: str | None) -> Source:
+    """Phase 2's paraphrase mix from one folder holding ``flickr8k/``, ``mrpc/`` and ``qqp/``
+    (for example ../shared/data). ``train``: Flickr8k train captions, MRPC train positive pairs
+    in both directions, and the first 947 QQP validation pairs in both directions;
+    ``validation``: the next 100 QQP pairs; ``test``: the remaining QQP pairs, less any pair
+    whose source or target is a sentence of the QQP training part (counted as
+    ``qqp_seen_in_train``), so the test pairs are kept out of training."""
+    if data_dir is None:
+        raise SgddError("paraphrase-mix reads local files: pass --data-dir DIR holding flickr8k/, mrpc/ and qqp/ "
+                        "(for example ../shared/data)")
+    root = Path(data_dir)
+    files = {"flickr8k": root / "flickr8k" / "train.jsonl", "mrpc": root / "mrpc" / "train.jsonl",
+             "qqp": root / "qqp" / "validation.jsonl"}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise SgddError(f"paraphrase-mix: --data-dir {root} lacks {', '.join(missing)}")
+
+    def both_ways(records: Iterator[Record]) -> Iterator[Record]:
+        for r in records:
+            yield r
+            yield Record(f"{r.id}-reverse", r.source, source=r.text)
+
+    def qqp(split: str, stats: dict, lo: int, hi: int | None) -> Iterator[Record]:
+        rows = itertools.islice(_rows_local(files["qqp"], stats), lo, hi)
+        return qqp_records(rows, split, stats)
+
+    def read(split: str, stats: dict) -> Iterator[Record]:
+        if split == "train":
+            return itertools.chain(
+                flickr8k_records(_rows_local(files["flickr8k"], stats), split, stats),
+                both_ways(mrpc_records(_rows_local(files["mrpc"], stats), split, stats)),
+                both_ways(qqp(split, stats, 0, QQP_TRAIN_PAIRS)))
+        if split == "validation":
+            return qqp(split, stats, QQP_TRAIN_PAIRS, QQP_TRAIN_PAIRS + QQP_VALIDATION_PAIRS)
+        seen = {s for r in qqp("train", {}, 0, QQP_TRAIN_PAIRS) for s in (r.source.lower(), r.text.lower())}
+
+        def unseen(r: Record) -> bool:
+            if r.source.lower() in seen or r.text.lower() in seen:
+                count(stats, "qqp_seen_in_train")
+                return False
+            return True
+
+        return filter(unseen, qqp(split, stats, QQP_TRAIN_PAIRS + QQP_VALIDATION_PAIRS, None))
+
+    fingerprint = {"kind": "paraphrase-mix", "qqp_train_pairs": QQP_TRAIN_PAIRS,
+                   "qqp_validation_pairs": QQP_VALIDATION_PAIRS,
+                   "files": {name: sha256_file(p) for name, p in files.items()}}
+    return Source("paraphrase-mix", ("train", "validation", "test"), fingerprint, read, kind="pairs")
+
+
 PAIR_DATASETS: dict[str, Callable[[str | None], Source]] = {
     "qqp": lambda data_dir: pair_dataset("qqp", qqp_records, "qqp", data_dir),
     "mrpc": lambda data_dir: pair_dataset("mrpc", mrpc_records, "mrpc", data_dir),
     "flickr8k": lambda data_dir: pair_dataset("flickr8k", flickr8k_records, None, data_dir),
+    "paraphrase-mix": paraphrase_mix,
 }

@@ -186,8 +186,8 @@ def to_texts(ids: torch.Tensor, kind: str, tokenizer, special: dict) -> list[str
 
 
 def load_sentences(split: CacheSplit, kind: str, length: int, special: dict, tokenizer,
-                   max_samples: int | None) -> EvalData:
-    view = sentence_view(split, length, special["pad_id"], max_samples)
+                   max_samples: int | None, max_tokens: int | None = None) -> EvalData:
+    view = sentence_view(split, length, special["pad_id"], max_samples, max_tokens)
     all_ids = split.column("id")
     rows = view.row_index.tolist()
     sources = None
@@ -217,13 +217,14 @@ def load_windows(split: CacheSplit, length: int, tokenizer, max_samples: int | N
                     tokenizer.batch_decode(batch.x0.tolist()), None, view.dropped, length)
 
 
-def load_data(split: CacheSplit, model, meta: dict, special: dict, tokenizer, max_samples: int | None) -> EvalData:
+def load_data(split: CacheSplit, model, meta: dict, special: dict, tokenizer, max_samples: int | None,
+              max_tokens: int | None = None) -> EvalData:
     kind = cache_kind(split)
     if kind not in TASKS:
         raise SgddError(f"split {split.dir} has kind {kind!r}; sgdd eval knows {', '.join(TASKS)}")
     if kind == "windows":
         return load_windows(split, meta.get("block_length") or model.cfg.max_len, tokenizer, max_samples)
-    return load_sentences(split, kind, model.cfg.max_len, special, tokenizer, max_samples)
+    return load_sentences(split, kind, model.cfg.max_len, special, tokenizer, max_samples, max_tokens)
 
 
 def metrics_for(cfg: EvalConfig, kind: str) -> list[str]:
@@ -478,7 +479,7 @@ def run(cfg: EvalConfig) -> Path:
         metrics_for(setting, kind)  # refuse a metric the task cannot feed before decoding
     special = {**{k: cache.encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
     tokenizer = cache.tokenizer()
-    data = load_data(split, model, meta, special, tokenizer, cfg.max_samples)
+    data = load_data(split, model, meta, special, tokenizer, cfg.max_samples, cfg.max_tokens)
     for _, setting in grid:  # enough steps for the blocks of every setting
         share_steps(setting.steps, len(Sampling.of(setting).blocks(data.length)))
     needs_vectors = any(s.candidates > 1 or "vectors" in get_metric(m).needs
