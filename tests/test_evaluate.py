@@ -81,6 +81,7 @@ def test_end_to_end_writes_report_samples_trajectories_and_config(tmp_path, tiny
     assert list(report["metrics"]) == ["bleu", "sentence_bleu", "exact_match", "token_accuracy"]  # task defaults
     assert all(0 <= v <= 100 for v in report["metrics"].values())
     assert (report["split"], report["checkpoint"], report["n"], report["task"]) == ("test", "best", 4, "reconstruction")
+    assert report["copy_source"] is None  # only pairs have a source to copy
     assert report["cache"] == str(tiny_cache.resolve()) and report["run"] == str(run_dir)
     assert report["weights"] == "model"
     assert report["forward_passes"] == 2 * 4  # 2 batches of 3 + 1 rows, 4 steps each
@@ -251,9 +252,12 @@ def test_paraphrase_metrics_of_a_perfect_decoder(tmp_path, monkeypatch):
     assert m["bleu_source"] == pytest.approx(bleu(targets, sources)) and 0 < m["bleu_source"] < 100
     assert m["ibleu"] == pytest.approx(IBLEU_ALPHA * 100 - (1 - IBLEU_ALPHA) * m["bleu_source"])
     assert m["distinct_2"] == pytest.approx(distinct_n(targets, 2))
+    floor = report["copy_source"]["bleu"]  # the source copied as the output, scored against the target
+    assert floor == pytest.approx(bleu(sources, targets)) and 0 < floor < 100
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert [r["source"] for r in rows] == sources and [r["output"] for r in rows] == targets
-    assert "| source | reference | output |" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| source | reference | output |" in md and f"source sentence copied as the output: bleu {floor:.2f}" in md
 
 
 def test_paraphrase_diversity_with_several_samples(tmp_path, tiny_encoder_dir):

