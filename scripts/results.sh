@@ -33,11 +33,11 @@ ablations() {
   $SGDD train --config configs/recon-ablation.yaml --out runs/abl-adaln --set model.conditioning=adaln
 }
 
-eval_recon() {  # the first 1,000 test sentences; the <= 32-token bucket is 739 of them
-  local run=runs/recon-minilm common=(--split test --max-samples 1000 --sweep steps=8,16 "${RECON_METRICS[@]}")
-  $SGDD eval --run $run "${common[@]}" --out $run/eval-test-all
-  $SGDD eval --run $run "${common[@]}" --max-tokens 32 --out $run/eval-test-le32
-  local rerank=(--candidates 4 --candidate-sampler maskgit_plus --candidate-sampler topk_margin
+eval_recon() {  # the first 1,000 test sentences (739 of <= 32 tokens); reranking: the first 500
+  local run=runs/recon-minilm common=(--split test --sweep steps=8,16 "${RECON_METRICS[@]}")
+  $SGDD eval --run $run "${common[@]}" --max-samples 1000 --out $run/eval-test-all
+  $SGDD eval --run $run "${common[@]}" --max-samples 1000 --max-tokens 32 --out $run/eval-test-le32
+  local rerank=(--max-samples 500 --candidates 4 --candidate-sampler maskgit_plus --candidate-sampler topk_margin
                 --candidate-sampler llada --candidate-sampler threshold)
   $SGDD eval --run $run "${common[@]}" "${rerank[@]}" --out $run/eval-test-all-rerank
   $SGDD eval --run $run "${common[@]}" "${rerank[@]}" --max-tokens 32 --out $run/eval-test-le32-rerank
