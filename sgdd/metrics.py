@@ -183,12 +183,13 @@ def token_accuracy_metric(hyps: Sequence[str], refs: Sequence[str], *, pred_ids:
 # the MTP head: per-position accuracy and acceptance length
 # --------------------------------------------------------------------------------------------
 def position_accuracy(hyps: Sequence[str], refs: Sequence[str], *, pred_ids: torch.Tensor | None = None,
-                      ref_ids: torch.Tensor | None = None, **_) -> dict[str, float]:
-    """Top-1 accuracy of each block position k = 1..L against the base model's tokens
-    (``position_accuracy@k``; Medusa reports 56 / 32 / 20 / 15 / 12 for heads 1-5 on Vicuna-7B)."""
+                      ref_ids: torch.Tensor | None = None, given: int = 0, **_) -> dict[str, float]:
+    """Top-1 accuracy of each drafted block position k = given+1..L against the base model's
+    tokens (``position_accuracy@k``; the first ``given`` positions were not drafted). Medusa
+    reports 56 / 32 / 20 / 15 / 12 for its heads 1-5 on Vicuna-7B, which draft positions 2-6."""
     pred, ref = _ids_of("position_accuracy", hyps, pred_ids, ref_ids)
     acc = (pred.to(ref.device) == ref).float().mean(0) * 100  # [L]
-    return {f"position_accuracy@{k}": float(a) for k, a in enumerate(acc.tolist(), start=1)}
+    return {f"position_accuracy@{k}": float(a) for k, a in enumerate(acc.tolist(), start=1) if k > given}
 
 
 def accepted_tokens(pred_ids: torch.Tensor, ref_ids: torch.Tensor) -> torch.Tensor:
@@ -199,15 +200,16 @@ def accepted_tokens(pred_ids: torch.Tensor, ref_ids: torch.Tensor) -> torch.Tens
 
 
 def acceptance_length(hyps: Sequence[str], refs: Sequence[str], *, pred_ids: torch.Tensor | None = None,
-                      ref_ids: torch.Tensor | None = None, **_) -> dict[str, float]:
+                      ref_ids: torch.Tensor | None = None, given: int = 0, **_) -> dict[str, float]:
     """Mean acceptance length under greedy verification, in tokens.
 
     ``acceptance_length`` = accepted draft tokens + 1: the tokens one verification pass of the
     base model yields, since it always adds its own next token after the accepted prefix (the
     convention of Medusa's acceleration rate and EAGLE's average acceptance length tau).
-    ``accepted_tokens`` is the mean accepted prefix alone (0..L)."""
+    ``accepted_tokens`` is the mean accepted prefix alone (0..L - given): with ``given`` > 0 the
+    first positions were not drafted and only the drafts after them are verified."""
     pred, ref = _ids_of("acceptance_length", hyps, pred_ids, ref_ids)
-    accepted = accepted_tokens(pred, ref).float().mean().item()
+    accepted = accepted_tokens(pred[:, given:], ref[:, given:]).float().mean().item()
     return {"acceptance_length": accepted + 1.0, "accepted_tokens": accepted}
 
 

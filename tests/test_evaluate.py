@@ -308,6 +308,30 @@ def test_mtp_position_accuracy_and_acceptance_length(tmp_path, window_cache, mon
     assert m["accepted_tokens"] == accepted and m["acceptance_length"] == accepted + 1  # + the base model's token
 
 
+def test_mtp_with_the_first_token_given(tmp_path, window_cache, monkeypatch):
+    cache, outputs = window_cache
+    perfect, calls = lookup_decoder(window_answers(cache, outputs)), []
+
+    def decode_given(model, z, **kw):
+        ids, traj = perfect(model, z)
+        assert torch.equal(kw["prefix"], ids[:, :1])  # the base model's own next token is given
+        ids[:, 0] = (ids[:, 0] + 1) % model.vocab_size  # a wrong position 1 must not count
+        calls.append(len(z))
+        return ids, traj
+
+    monkeypatch.setattr(evaluate, "decode", decode_given)
+    report = read_report(evaluate.run(eval_cfg(mtp_run(tmp_path, cache), given=1)))
+    m = report["metrics"]
+    assert sum(calls) == report["n"] == 8
+    assert [k for k in m if k.startswith("position_accuracy@")] == [f"position_accuracy@{k}" for k in range(2, BLOCK + 1)]
+    assert m["accepted_tokens"] == BLOCK - 1 and m["acceptance_length"] == BLOCK
+
+
+def test_given_tokens_need_an_mtp_eval(tmp_path, tiny_cache):
+    with pytest.raises(SgddError, match="given=1 needs an MTP eval"):
+        evaluate.run(eval_cfg(make_run(tmp_path / "run", tiny_cache), given=1))
+
+
 def test_mtp_head_decodes_its_block_end_to_end(tmp_path, window_cache):
     cache, _ = window_cache
     out = evaluate.run(eval_cfg(mtp_run(tmp_path, cache), max_samples=6, steps=2, sweep=["sampler=llada,threshold"],

@@ -54,6 +54,16 @@ def test_perfect_predictor_decodes_exactly(schedule, steps):
         assert bool(((traj.committed_at > s).sum(1) == masked_after).all())
 
 
+def test_a_given_prefix_is_kept_and_the_rest_decoded():
+    ref, strength = reference(seed=2)
+    wrong = (ref[:, :3] + 1) % V  # a prefix the tables disagree with: it must survive anyway
+    ids, traj = decode(TableModel(), perfect_tables(ref, strength), L, return_trajectory=True, prefix=wrong)
+    assert torch.equal(ids[:, :3], wrong) and torch.equal(ids[:, 3:], ref[:, 3:])
+    assert bool((traj.committed_at[:, :3] == 0).all()) and bool((traj.committed_at[:, 3:] > 0).all())
+    with pytest.raises(SgddError, match="does not fit"):
+        decode(TableModel(), perfect_tables(ref, strength), 4, prefix=ref)  # nothing left to decode
+
+
 @pytest.mark.parametrize("schedule", list(UNMASK_SCHEDULES))
 def test_commits_are_final_and_mask_count_only_falls(schedule):
     ref, strength = reference(seed=1)

@@ -109,6 +109,11 @@ def test_position_accuracy_and_acceptance_length_hand_values():
                    "position_accuracy@3": pytest.approx(200 / 3), "position_accuracy@4": 100.0}
     assert acceptance_length(["", "", ""], [], pred_ids=pred, ref_ids=ref) == {
         "acceptance_length": pytest.approx(1 + 2), "accepted_tokens": pytest.approx(2.0)}  # (4 + 2 + 0) / 3 + 1
+    # position 1 given (not drafted): positions 2..4 are scored and verified
+    assert position_accuracy(["", "", ""], [], pred_ids=pred, ref_ids=ref, given=1) == {
+        "position_accuracy@2": 100.0, "position_accuracy@3": pytest.approx(200 / 3), "position_accuracy@4": 100.0}
+    assert acceptance_length(["", "", ""], [], pred_ids=pred, ref_ids=ref, given=1) == {
+        "acceptance_length": pytest.approx(1 + 7 / 3), "accepted_tokens": pytest.approx(7 / 3)}  # (3 + 1 + 3) / 3 + 1
 
 
 # -- encoder agreement -----------------------------------------------------------------------

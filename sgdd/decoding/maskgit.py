@@ -138,7 +138,8 @@ def decode(model, z: torch.Tensor, steps: int = 16, schedule: str = "cosine", cf
            temperature: float = 0.0, generator: torch.Generator | None = None, return_trajectory: bool = False,
            *, sampler: str = "maskgit_plus", block_length: int | None = None, tau: float = 0.9, top_k: int = 0,
            top_p: float = 1.0, alg_temp: float = 0.0, cache_condition: bool = True,
-           length: int | None = None) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
+           length: int | None = None, prefix: torch.Tensor | None = None
+           ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Decode token ids [B, L] from conditions z [B, Dz] with at most ``steps`` forward passes.
 
     The settings are those of :class:`sgdd.decoding.samplers.Sampling`. ``cfg_scale`` w != 0
@@ -147,6 +148,8 @@ def decode(model, z: torch.Tensor, steps: int = 16, schedule: str = "cosine", cf
     ``generator`` (which also drives the random order and ``alg_temp``).
     ``cache_condition=False`` recomputes the condition at every step (slower; same tokens).
     ``length``: tokens to generate (default ``model.cfg.max_len``; an MTP head's block length).
+    ``prefix`` [B, P]: tokens given at positions 0..P-1 (committed before the first step, never
+    changed; e.g. the base model's own next token for an MTP head); the rest is decoded.
     With ``return_trajectory`` also returns a :class:`Trajectory`. The model is put in eval
     mode for the call and restored afterwards.
     """
@@ -157,7 +160,7 @@ def decode(model, z: torch.Tensor, steps: int = 16, schedule: str = "cosine", cf
     model.eval()
     try:
         with torch.no_grad():  # (not inference_mode: under it autocast re-casts every weight at every step)
-            ids, trajectory = _decode(model, z, sampling, generator, cache_condition, length)
+            ids, trajectory = _decode(model, z, sampling, generator, cache_condition, length, prefix)
     finally:
         model.train(was_training)
     return (ids, trajectory) if return_trajectory else ids
@@ -209,15 +212,21 @@ def _commit(open_: torch.Tensor, scores: torch.Tensor, count: torch.Tensor) -> t
     return (rank < count[:, None]) & open_
 
 
-def _decode(model, z: torch.Tensor, s: Sampling, generator, cache_condition: bool, length: int | None):
+def _decode(model, z: torch.Tensor, s: Sampling, generator, cache_condition: bool, length: int | None,
+            prefix: torch.Tensor | None):
     B, L, device, mask = z.shape[0], length or model.cfg.max_len, z.device, model.mask_id
     if not 1 <= L <= model.cfg.max_len:
         raise SgddError(f"cannot decode {L} tokens with a model of max_len {model.cfg.max_len}")
+    P = 0 if prefix is None else prefix.shape[1]
+    if prefix is not None and (prefix.shape[0] != B or not 0 <= P < L):
+        raise SgddError(f"a prefix of shape {tuple(prefix.shape)} does not fit {B} rows of {L} tokens")
     spec, confidence = s.spec, get_confidence(s.spec.confidence)
     blocks = s.blocks(L)
     cond = Conditioner(model, z, guided=s.cfg_scale != 0, cached=cache_condition)  # 1. condition once
 
     x = torch.full((B, L), mask, dtype=torch.long, device=device)  # [B, L]
+    if P:
+        x[:, :P] = prefix.to(device)
     committed_at = torch.zeros(B, L, dtype=torch.long, device=device)
     passes_per_row = torch.zeros(B, dtype=torch.long, device=device)
     calls = 0

@@ -197,6 +197,9 @@ class EvalConfig:
     max_samples: int | None = doc(None, "Decode at most N rows of the split (windows of an MTP cache).")
     max_tokens: int | None = doc(None, "Sentences: score only the rows of at most N tokens (special tokens "
                                  "included) among those read; the decoder still generates max_len tokens.")
+    given: int = doc(0, "MTP head: the first N tokens of each block are given, not drafted (1 = the base "
+                     "model's own next token, which its LM head computes in the pass that made h_l); "
+                     "position_accuracy and acceptance_length score the drafted positions.")
     batch_size: int = doc(128, "Sequences decoded together.")
     precision: str = doc("auto", "auto, fp32, bf16, fp16.")
     device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
@@ -480,6 +483,8 @@ def _check(cfg: Any) -> list[str]:
             p.append(f"max_samples must be positive, got {cfg.max_samples}")
         if cfg.max_tokens is not None and cfg.max_tokens < 1:
             p.append(f"max_tokens must be positive, got {cfg.max_tokens}")
+        if cfg.given < 0:
+            p.append(f"given must be >= 0, got {cfg.given}")
         if cfg.precision not in PRECISIONS:
             p.append(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     elif isinstance(cfg, RunConfig):

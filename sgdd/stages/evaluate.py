@@ -276,8 +276,9 @@ def _sync(device: torch.device) -> None:
 
 
 def decode_rows(model, data: EvalData, sampling: Sampling, seed: int, batch_size: int, device: torch.device,
-                precision: Precision, keep: int, desc: str = "decode") -> Decoded:
-    """Decode every row of ``data`` in batches of ``batch_size`` with one generator seeded ``seed``."""
+                precision: Precision, keep: int, desc: str = "decode", given: int = 0) -> Decoded:
+    """Decode every row of ``data`` in batches of ``batch_size`` with one generator seeded ``seed``;
+    the first ``given`` tokens of each row are taken from the reference."""
     generator = torch.Generator(device=device).manual_seed(seed)
     kwargs = dataclasses.asdict(sampling)
     ids, passes, committed, calls = [], [], [], 0
@@ -286,8 +287,10 @@ def decode_rows(model, data: EvalData, sampling: Sampling, seed: int, batch_size
     start = time.perf_counter()
     for lo in range(0, len(data), batch_size):
         z = data.cond[lo:lo + batch_size].to(device)  # [B, D]
+        prefix = data.ref_ids[lo:lo + batch_size, :given] if given else None  # [B, given]
         with precision.autocast():
-            out, traj = decode(model, z, generator=generator, return_trajectory=True, length=data.length, **kwargs)
+            out, traj = decode(model, z, generator=generator, return_trajectory=True, length=data.length,
+                               prefix=prefix, **kwargs)
         ids.append(out.cpu())
         passes.append(traj.passes_per_row.cpu())
         if lo < keep:
@@ -339,7 +342,8 @@ def evaluate_setting(cfg: EvalConfig, changes: dict, model, data: EvalData, spec
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     runs = [decode_rows(model, data, candidate_sampling(cfg, k), cfg.seed + k, cfg.batch_size, device, precision,
-                        cfg.trajectories, desc=f"decode {label(changes)}" + (f" #{k + 1}" if cfg.candidates > 1 else ""))
+                        cfg.trajectories, desc=f"decode {label(changes)}" + (f" #{k + 1}" if cfg.candidates > 1 else ""),
+                        given=cfg.given)
             for k in range(cfg.candidates)]
     texts = [to_texts(r.ids, data.kind, tokenizer, special) for r in runs]
 
@@ -358,7 +362,7 @@ def evaluate_setting(cfg: EvalConfig, changes: dict, model, data: EvalData, spec
         return compute_metrics(names, outs, data.refs, pred_ids=pred_ids, ref_ids=data.ref_ids,
                                pad_id=special.get("pad_id"), sources=data.sources,
                                samples=[list(s) for s in zip(*texts)] if cfg.candidates > 1 else None,
-                               out_vectors=out_vectors, cond_vectors=data.cond)
+                               out_vectors=out_vectors, cond_vectors=data.cond, given=cfg.given)
 
     metrics = score(ids, hyps, torch.stack(vectors)[chosen, rows] if vectors is not None else None)
     seconds = sum(r.seconds for r in runs)
@@ -491,6 +495,9 @@ def run(cfg: EvalConfig) -> Path:
     special = {**{k: cache.encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
     tokenizer = cache.tokenizer()
     data = load_data(split, model, meta, special, tokenizer, cfg.max_samples, cfg.max_tokens)
+    if cfg.given and (kind != "windows" or cfg.given >= data.length):
+        raise SgddError(f"given={cfg.given} needs an MTP eval (a windows split) with blocks longer than that; "
+                        f"this is a {TASKS[kind]} eval of {data.length}-token rows")
     for _, setting in grid:  # enough steps for the blocks of every setting
         share_steps(setting.steps, len(Sampling.of(setting).blocks(data.length)))
     needs_vectors = any(s.candidates > 1 or "vectors" in get_metric(m).needs
