@@ -50,8 +50,10 @@ eval_recon() {  # the first 1,000 test sentences (739 of <= 32 tokens); rerankin
 eval_paraphrase() {
   $SGDD eval --run runs/paraphrase-mix --split test --out runs/paraphrase-mix/eval-test
 }
-eval_mtp() {
+eval_mtp() {  # the whole block drafted, then position 1 given (the base model's own next token)
   $SGDD eval --run runs/mtp-smollm2-cpu --split test --max-samples 5000 --out runs/mtp-smollm2-cpu/eval-test
+  $SGDD eval --run runs/mtp-smollm2-cpu --split test --max-samples 5000 --given 1 \
+    --out runs/mtp-smollm2-cpu/eval-test-given1
 }
 eval_ablations() {
   for run in runs/abl-base runs/abl-cosine runs/abl-ones runs/abl-adaln; do
