@@ -109,6 +109,13 @@ def test_ignored_labels_are_always_mask_tokens_and_never_scored():
     assert scored.tolist() == [[False, True, False, False]]
 
 
+def test_given_positions_are_never_masked_nor_scored():
+    x0 = torch.tensor([[5, 6, 7, 8], [1, 2, 3, 4]])
+    x_t, scored = apply_mask(x0, torch.tensor([1.0, 1.0]), torch.zeros(2, 4), get_schedule("linear"), mask_id=9, given=1)
+    assert x_t.tolist() == [[5, 9, 9, 9], [1, 9, 9, 9]]  # t = 1 masks everything but the given token
+    assert scored[:, 0].tolist() == [False, False] and bool(scored[:, 1:].all())
+
+
 # --------------------------------------------------------------------------------------------
 # loss weights
 # --------------------------------------------------------------------------------------------

@@ -216,8 +216,8 @@ def test_block_tail_ignore_scores_only_real_labels(windows_cache, tmp_path, monk
     seen = []
     real = train_mod.masked_diffusion_loss
 
-    def spy(model, x0, z, noise, dcfg):
-        parts = real(model, x0, z, noise, dcfg)
+    def spy(model, x0, z, noise, dcfg, given=0):
+        parts = real(model, x0, z, noise, dcfg, given)
         seen.append((x0.clone(), parts.n_masked.item(), noise))
         return parts
 
@@ -226,6 +226,31 @@ def test_block_tail_ignore_scores_only_real_labels(windows_cache, tmp_path, monk
     assert any((x0 == -100).any() for x0, _, _ in seen)  # tail positions are in the batches ...
     for x0, n_masked, noise in seen:  # ... and never scored
         assert n_masked == int(((noise.u < noise.t[:, None]) & (x0 != -100)).sum())
+
+
+def test_mtp_head_with_the_first_token_given(windows_cache, tmp_path, monkeypatch):
+    from sgdd.pipeline.config import EvalConfig
+    from sgdd.stages import evaluate as evaluate_mod
+    from sgdd.stages import train as train_mod
+
+    givens, real = [], train_mod.masked_diffusion_loss
+
+    def spy(model, x0, z, noise, dcfg, given=0):
+        givens.append(given)
+        return real(model, x0, z, noise, dcfg, given)
+
+    monkeypatch.setattr(train_mod, "masked_diffusion_loss", spy)
+    result = fit(mtp_cfg(windows_cache, tmp_path / "r", given=1, **{"optim.max_steps": 3}))
+    assert givens and set(givens) == {1}  # training steps and validation
+    meta = json.loads((result.run_dir / "checkpoints" / "best" / "model.json").read_text())
+    assert meta["given"] == 1
+    out = evaluate_mod.run(EvalConfig(run=str(result.run_dir), max_samples=4, steps=3, device="cpu",
+                                      precision="fp32"))  # --given follows the run
+    metrics = json.loads((out / "report.json").read_text())["metrics"]
+    assert [k for k in metrics if k.startswith("position_accuracy@")] == ["position_accuracy@2", "position_accuracy@3",
+                                                                        "position_accuracy@4"]
+    with pytest.raises(SgddError, match="given=4 needs the next_block view with block_length > 4"):
+        fit(mtp_cfg(windows_cache, tmp_path / "t", given=4))
 
 
 def test_a_view_that_does_not_fit_the_cache_is_refused_before_any_step(windows_cache, tiny_cache, tmp_path):

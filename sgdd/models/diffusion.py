@@ -168,12 +168,14 @@ def sample_noise(n: int, length: int, time_eps: float, generator: torch.Generato
 
 
 def apply_mask(x0: torch.Tensor, t: torch.Tensor, u: torch.Tensor, schedule: Schedule,
-               mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+               mask_id: int, given: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t: each token of x0 [B, L] is replaced by ``mask_id`` with probability 1 - alpha(t).
 
     Returns (x_t [B, L], scored [B, L]). A label equal to ``IGNORE_INDEX`` is always a mask
-    token in x_t (its content is unknown) and never scored."""
+    token in x_t (its content is unknown) and never scored. The first ``given`` positions are
+    never masked nor scored (tokens known at inference)."""
     real = x0 != IGNORE_INDEX  # [B, L]
     scored = (u < (1 - schedule.alpha(t))[:, None]) & real  # [B, L]
+    scored[:, :given] = False
     x_t = torch.where(scored | ~real, torch.full_like(x0, mask_id), x0)
     return x_t, scored

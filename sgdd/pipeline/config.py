@@ -150,6 +150,9 @@ class TrainConfig:
         "(next_block for a windows cache, else sentence).",
     )
     block_length: int = doc(4, "Next-block view: tokens per block L (the head predicts t_l .. t_{l+L-1}).")
+    given: int = doc(0, "Next-block view: the first N tokens of each block are never masked nor scored, "
+                     "because they are known at inference (1 = the base model's own next token t_l, which its "
+                     "LM head computes with h_l; EAGLE feeds it to its draft head too). sgdd eval follows it.")
     block_tail: str = doc(
         "skip",
         "Next-block view, positions whose block runs past the window's end: skip them, or ignore (train "
@@ -197,9 +200,10 @@ class EvalConfig:
     max_samples: int | None = doc(None, "Decode at most N rows of the split (windows of an MTP cache).")
     max_tokens: int | None = doc(None, "Sentences: score only the rows of at most N tokens (special tokens "
                                  "included) among those read; the decoder still generates max_len tokens.")
-    given: int = doc(0, "MTP head: the first N tokens of each block are given, not drafted (1 = the base "
-                     "model's own next token, which its LM head computes in the pass that made h_l); "
-                     "position_accuracy and acceptance_length score the drafted positions.")
+    given: int | None = doc(None, "MTP head: the first N tokens of each block are given, not drafted (1 = the "
+                            "base model's own next token, which its LM head computes in the pass that made "
+                            "h_l); position_accuracy and acceptance_length score the drafted positions. "
+                            "null = as the run was trained (0 unless it set given).")
     batch_size: int = doc(128, "Sequences decoded together.")
     precision: str = doc("auto", "auto, fp32, bf16, fp16.")
     device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
@@ -445,6 +449,8 @@ def _check(cfg: Any) -> list[str]:
             p.append(f"view {cfg.view!r} unknown (valid: auto, {', '.join(VIEWS)})")
         if cfg.block_length < 1:
             p.append(f"block_length must be positive, got {cfg.block_length}")
+        if cfg.given < 0:
+            p.append(f"given must be >= 0, got {cfg.given}")
         if cfg.block_tail not in BLOCK_TAILS:
             p.append(f"block_tail {cfg.block_tail!r} unknown (valid: {', '.join(BLOCK_TAILS)})")
         if not 0 <= cfg.ema_decay < 1:
@@ -483,7 +489,7 @@ def _check(cfg: Any) -> list[str]:
             p.append(f"max_samples must be positive, got {cfg.max_samples}")
         if cfg.max_tokens is not None and cfg.max_tokens < 1:
             p.append(f"max_tokens must be positive, got {cfg.max_tokens}")
-        if cfg.given < 0:
+        if cfg.given is not None and cfg.given < 0:
             p.append(f"given must be >= 0, got {cfg.given}")
         if cfg.precision not in PRECISIONS:
             p.append(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")

@@ -495,9 +495,12 @@ def run(cfg: EvalConfig) -> Path:
     special = {**{k: cache.encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
     tokenizer = cache.tokenizer()
     data = load_data(split, model, meta, special, tokenizer, cfg.max_samples, cfg.max_tokens)
-    if cfg.given and (kind != "windows" or cfg.given >= data.length):
-        raise SgddError(f"given={cfg.given} needs an MTP eval (a windows split) with blocks longer than that; "
+    given = meta.get("given", 0) if cfg.given is None else cfg.given  # null: as the run was trained
+    if given and (kind != "windows" or given >= data.length):
+        raise SgddError(f"given={given} needs an MTP eval (a windows split) with blocks longer than that; "
                         f"this is a {TASKS[kind]} eval of {data.length}-token rows")
+    cfg = dataclasses.replace(cfg, given=given)
+    grid = [(changes, dataclasses.replace(s, given=given)) for changes, s in grid]
     for _, setting in grid:  # enough steps for the blocks of every setting
         share_steps(setting.steps, len(Sampling.of(setting).blocks(data.length)))
     needs_vectors = any(s.candidates > 1 or "vectors" in get_metric(m).needs

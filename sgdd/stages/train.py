@@ -268,13 +268,14 @@ class LossParts:
 
 
 def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noise: StepNoise,
-                          dcfg: DiffusionConfig) -> LossParts:
+                          dcfg: DiffusionConfig, given: int = 0) -> LossParts:
     """The weighted masked-diffusion loss of clean blocks x0 [B, L] conditioned on z [B, D].
-    Only masked positions with a real label (not ``IGNORE_INDEX``) are scored."""
+    Only masked positions with a real label (not ``IGNORE_INDEX``) are scored; the first
+    ``given`` positions are always visible."""
     L = x0.shape[1]
     schedule = get_schedule(dcfg.schedule, dcfg.kappa)
     # 1. forward process: x_t [B, L]; scored [B, L] = masked and labelled
-    x_t, scored = apply_mask(x0, noise.t, noise.u, schedule, model.mask_id)
+    x_t, scored = apply_mask(x0, noise.t, noise.u, schedule, model.mask_id, given)
     masked = scored | (x0 == IGNORE_INDEX)  # [B, L] every mask token of the input
     # 2. hidden states of every position: [B, L, d]
     hidden = model(x_t, noise.t, z, noise.drop)
@@ -304,6 +305,9 @@ def resolve_decoder(cfg: TrainConfig, data: TrainData) -> DecoderConfig:
         raise SgddError(f"model.d_model {d}{source} must split into model.n_heads={cfg.model.n_heads} "
                         "heads of an even size (RoPE)")
     length = data.train.length
+    if cfg.given and (data.view != "next_block" or cfg.given >= length):
+        raise SgddError(f"given={cfg.given} needs the next_block view with block_length > {cfg.given} "
+                        f"(here: the {data.view} view, {length} tokens)")
     if data.view == "next_block" and cfg.model.max_len not in (length, DecoderConfig().max_len):
         say(f"next_block view: the decoder's block is block_length={length} tokens (model.max_len is for sentences)")
     return dataclasses.replace(cfg.model, d_model=d, max_len=length)
@@ -420,7 +424,7 @@ def train_step(state: TrainState, view, cfg: TrainConfig, prec: Precision, devic
         z = batch.cond.to(device, non_blocking=True)  # [b, D]
         data_s += time.perf_counter() - began
         with prec.autocast():
-            parts = masked_diffusion_loss(model, x0, z, noise.select(rows, device), cfg.diffusion)
+            parts = masked_diffusion_loss(model, x0, z, noise.select(rows, device), cfg.diffusion, cfg.given)
         state.scaler.scale(parts.weighted / n).backward()
         sums += torch.stack([parts.weighted.detach(), parts.ce_sum, parts.correct, parts.n_masked]).double()
     # 4. gradients summed over ranks once per step, then one clip and one optimizer step
@@ -463,7 +467,8 @@ def evaluate(model: Decoder, view, cfg: TrainConfig, prec: Precision, device: to
         batch = view.batch(idx[mine])
         noise = StepNoise(t[mine].to(device), u[mine].to(device), None)
         with prec.autocast():
-            parts = masked_diffusion_loss(model, batch.x0.to(device), batch.cond.to(device), noise, cfg.diffusion)
+            parts = masked_diffusion_loss(model, batch.x0.to(device), batch.cond.to(device), noise, cfg.diffusion,
+                                          cfg.given)
         sums += torch.tensor([parts.weighted.item(), parts.ce_sum.item(), parts.correct.item(), parts.n_masked.item()],
                              dtype=torch.float64)
     ddp.all_reduce_sum(dist, sums)
@@ -818,7 +823,7 @@ class Trainer:
         return model_meta(self.state.model, self.cfg.shards, self.data.special_ids) | {
             "step": self.state.step, "view": self.data.view, "tokenizer_sha256": self.data.tokenizer_sha256,
             "ema_decay": self.cfg.ema_decay or None} | (
-            {"block_length": self.data.train.length, "block_tail": self.cfg.block_tail}
+            {"block_length": self.data.train.length, "block_tail": self.cfg.block_tail, "given": self.cfg.given}
             if self.data.view == "next_block" else {})
 
     def log(self, row: dict) -> None:
