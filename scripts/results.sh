@@ -22,9 +22,11 @@ collect() {
 
 recon() { $SGDD train --config configs/recon-minilm-cpu.yaml; }
 paraphrase() { $SGDD train --config configs/paraphrase-mix-cpu.yaml; }
-mtp() {
+mtp() {  # the whole block drafted; then EAGLE-style, the base model's own next token given
   $SGDD train --config configs/mtp-cpu.yaml --shards cache/smollm2-windows --out runs/mtp-smollm2-cpu \
     --set optim.max_steps=2000
+  $SGDD train --config configs/mtp-cpu.yaml --shards cache/smollm2-windows --out runs/mtp-smollm2-cpu-given1 \
+    --set optim.max_steps=2000 --set given=1
 }
 ablations() {
   $SGDD train --config configs/recon-ablation.yaml
@@ -54,6 +56,8 @@ eval_mtp() {  # the whole block drafted, then position 1 given (the base model's
   $SGDD eval --run runs/mtp-smollm2-cpu --split test --max-samples 5000 --out runs/mtp-smollm2-cpu/eval-test
   $SGDD eval --run runs/mtp-smollm2-cpu --split test --max-samples 5000 --given 1 \
     --out runs/mtp-smollm2-cpu/eval-test-given1
+  $SGDD eval --run runs/mtp-smollm2-cpu-given1 --split test --max-samples 5000 \
+    --out runs/mtp-smollm2-cpu-given1/eval-test
 }
 eval_ablations() {
   for run in runs/abl-base runs/abl-cosine runs/abl-ones runs/abl-adaln; do
