@@ -20,7 +20,12 @@ collect() {
     --out cache/smollm2-windows
 }
 
-recon() { $SGDD train --config configs/recon-minilm-cpu.yaml; }
+recon() {
+  $SGDD train --config configs/recon-minilm-cpu.yaml
+  # the two ablation winners (section 4) together, half the steps
+  $SGDD train --config configs/recon-minilm-cpu.yaml --out runs/recon-minilm-adaln --set model.conditioning=adaln \
+    --set diffusion.loss_weight=ones --set optim.max_steps=1500 --set optim.warmup_steps=200
+}
 paraphrase() { $SGDD train --config configs/paraphrase-mix-cpu.yaml; }
 mtp() {  # the whole block drafted; then EAGLE-style, the base model's own next token given
   $SGDD train --config configs/mtp-cpu.yaml --shards cache/smollm2-windows --out runs/mtp-smollm2-cpu \
@@ -43,7 +48,11 @@ eval_recon() {  # the first 1,000 test sentences (739 of <= 32 tokens); rerankin
                 --candidate-sampler llada --candidate-sampler threshold)
   $SGDD eval --run $run "${common[@]}" "${rerank[@]}" --out $run/eval-test-all-rerank
   $SGDD eval --run $run "${common[@]}" "${rerank[@]}" --max-tokens 32 --out $run/eval-test-le32-rerank
-  # decoding ablations on the same model: steps, and the remasking rule at 16 steps
+  run=runs/recon-minilm-adaln
+  $SGDD eval --run $run "${common[@]}" --max-samples 1000 --out $run/eval-test-all
+  $SGDD eval --run $run "${common[@]}" --max-samples 1000 --max-tokens 32 --out $run/eval-test-le32
+  run=runs/recon-minilm
+  # decoding ablations on the first model: steps, and the remasking rule at 16 steps
   $SGDD eval --run $run --split test --max-samples 500 --max-tokens 32 "${RECON_METRICS[@]}" \
     --sweep steps=4,8,16,32 --out $run/eval-steps
   $SGDD eval --run $run --split test --max-samples 500 --max-tokens 32 "${RECON_METRICS[@]}" \
