@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Every command behind RESULTS.md, in order. Each step resumes (collect and train continue from
-# what is on disk), so the script can be stopped and rerun. On a 2-core CPU it takes about
-# 4 hours of compute; RESULTS.md ran two single-thread jobs side by side (OMP_NUM_THREADS=1).
+# Every command behind RESULTS.md, in order. Each step resumes (collect continues its cache, a
+# run with a checkpoint continues with --resume, a finished one returns at once), so the script
+# can be stopped and rerun. On a 2-core CPU it takes about 6 core-hours; RESULTS.md ran two or
+# three single-thread jobs side by side (OMP_NUM_THREADS=1), under 3 hours of wall time.
 #   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
 DATA=${DATA:-../shared/data}
 RECON_METRICS=(--metric exact_match --metric token_accuracy --metric bleu --metric encoder_cosine)
+
+train() {  # train OUT ARGS...: a new run, or --resume where OUT already holds a checkpoint
+  local out=$1 resume=()
+  shift
+  [ -f "$out/checkpoints/last/model.safetensors" ] && resume=(--resume)
+  $SGDD train --out "$out" "$@" "${resume[@]}"
+}
 
 collect() {
   $SGDD collect --config configs/collect-wiki.yaml --data-dir "$DATA/wiki" \
@@ -21,23 +29,23 @@ collect() {
 }
 
 recon() {
-  $SGDD train --config configs/recon-minilm-cpu.yaml
+  train runs/recon-minilm --config configs/recon-minilm-cpu.yaml
   # the two ablation winners (section 4) together, half the steps
-  $SGDD train --config configs/recon-minilm-cpu.yaml --out runs/recon-minilm-adaln --set model.conditioning=adaln \
+  train runs/recon-minilm-adaln --config configs/recon-minilm-cpu.yaml --set model.conditioning=adaln \
     --set diffusion.loss_weight=ones --set optim.max_steps=1500 --set optim.warmup_steps=200
 }
-paraphrase() { $SGDD train --config configs/paraphrase-mix-cpu.yaml; }
+paraphrase() { train runs/paraphrase-mix --config configs/paraphrase-mix-cpu.yaml; }
 mtp() {  # the whole block drafted; then EAGLE-style, the base model's own next token given
-  $SGDD train --config configs/mtp-cpu.yaml --shards cache/smollm2-windows --out runs/mtp-smollm2-cpu \
-    --set optim.max_steps=2000
-  $SGDD train --config configs/mtp-cpu.yaml --shards cache/smollm2-windows --out runs/mtp-smollm2-cpu-given1 \
+  train runs/mtp-smollm2-cpu --config configs/mtp-cpu.yaml --shards cache/smollm2-windows --set optim.max_steps=2000
+  train runs/mtp-smollm2-cpu-given1 --config configs/mtp-cpu.yaml --shards cache/smollm2-windows \
     --set optim.max_steps=2000 --set given=1
 }
 ablations() {
-  $SGDD train --config configs/recon-ablation.yaml
-  $SGDD train --config configs/recon-ablation.yaml --out runs/abl-cosine --set diffusion.schedule=cosine
-  $SGDD train --config configs/recon-ablation.yaml --out runs/abl-ones --set diffusion.loss_weight=ones
-  $SGDD train --config configs/recon-ablation.yaml --out runs/abl-adaln --set model.conditioning=adaln
+  train runs/abl-base --config configs/recon-ablation.yaml
+  train runs/abl-cosine --config configs/recon-ablation.yaml --set diffusion.schedule=cosine
+  train runs/abl-ones --config configs/recon-ablation.yaml --set diffusion.loss_weight=ones
+  train runs/abl-adaln --config configs/recon-ablation.yaml --set model.conditioning=adaln
+  train runs/abl-base-seed1 --config configs/recon-ablation.yaml --seed 1  # seed-to-seed spread
 }
 
 eval_recon() {  # the first 1,000 test sentences (739 of <= 32 tokens); reranking: the first 500
@@ -69,7 +77,7 @@ eval_mtp() {  # the whole block drafted, then position 1 given (the base model's
     --out runs/mtp-smollm2-cpu-given1/eval-test
 }
 eval_ablations() {
-  for run in runs/abl-base runs/abl-cosine runs/abl-ones runs/abl-adaln; do
+  for run in runs/abl-base runs/abl-cosine runs/abl-ones runs/abl-adaln runs/abl-base-seed1; do
     $SGDD eval --run $run --split test --max-samples 500 "${RECON_METRICS[@]}" --out $run/eval-test
   done
 }
