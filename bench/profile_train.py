@@ -11,7 +11,7 @@ import argparse
 import torch
 from torch.profiler import profile
 
-from bench.train import BATCH, DECODER
+from bench.train import BATCH, DECODER, decoder_from_cache
 
 
 def main() -> None:
@@ -21,20 +21,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=15, help="operators to list")
     args = ap.parse_args()
 
-    from sgdd.cache import open_cache
-    from sgdd.cache.views import sentence_view
-    from sgdd.models.decoder import Decoder
-    from sgdd.pipeline.config import DecoderConfig, DiffusionConfig
+    from sgdd.pipeline.config import DiffusionConfig
     from sgdd.stages.train import draw_noise, masked_diffusion_loss
 
-    torch.manual_seed(0)
-    cache = open_cache(args.cache)
-    info = cache.encoder_info
-    view = sentence_view(cache.split("train"), DECODER["max_len"], info["pad_id"])
-    emb = cache.embeddings()
-    model = Decoder(DecoderConfig(**DECODER), info["vocab_size"], view.vectors.shape[1], emb.shape[1], info["mask_id"])
-    model.load_embeddings(emb)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    view, model, opt = decoder_from_cache(args.cache)
     dcfg, gen = DiffusionConfig(), torch.Generator().manual_seed(0)
 
     def step(i: int) -> None:

@@ -40,25 +40,35 @@ def matmul_peak(shapes: list[tuple[int, int, int]], seconds: float = 0.5) -> flo
     return best
 
 
-def worker(args: dict) -> dict:
+def decoder_from_cache(cache_dir: str):
+    """(sentence view, CPU-size decoder with the cache's embeddings, AdamW), seeded: the set-up
+    every training benchmark shares."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from sgdd.cache import open_cache
     from sgdd.cache.views import sentence_view
-    from sgdd.pipeline.config import DecoderConfig, DiffusionConfig
-    from sgdd.pipeline.runtime import pick_precision
     from sgdd.models.decoder import Decoder
-    from sgdd.stages.train import draw_noise, masked_diffusion_loss
+    from sgdd.pipeline.config import DecoderConfig
 
     torch.manual_seed(0)
-    cache = open_cache(args["cache"])
+    cache = open_cache(cache_dir)
     info = cache.encoder_info
     view = sentence_view(cache.split("train"), DECODER["max_len"], info["pad_id"])
     emb = cache.embeddings()
     model = Decoder(DecoderConfig(**DECODER), info["vocab_size"], view.vectors.shape[1], emb.shape[1], info["mask_id"])
     model.load_embeddings(emb)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return view, model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+
+def worker(args: dict) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sgdd.pipeline.config import DiffusionConfig
+    from sgdd.pipeline.runtime import pick_precision
+    from sgdd.stages.train import draw_noise, masked_diffusion_loss
+
+    view, model, opt = decoder_from_cache(args["cache"])
     prec = pick_precision("bf16", torch.device("cpu"))
     dcfg = DiffusionConfig()
     gen = torch.Generator().manual_seed(0)
@@ -105,7 +115,7 @@ def worker(args: dict) -> dict:
     with FlopCounterMode(display=False) as counter:
         step(x0, z)
     flops = counter.get_total_flops()
-    d, L, V, E = DECODER["d_model"], DECODER["max_len"], info["vocab_size"], emb.shape[1]
+    d, L, V, E = DECODER["d_model"], DECODER["max_len"], model.vocab_size, model.tok_emb.weight.shape[1]
     peak = matmul_peak([(BATCH * L, d, 3 * d), (BATCH * L, d, 4 * d), (BATCH * L, 4 * d, d), (BATCH * L // 2, E, V)])
     step_s = total_s / args["steps"]
     return {"steps_per_s": 1 / step_s, "data_share": data_s / total_s, "decoder_s": (total_s - data_s) / args["steps"],
