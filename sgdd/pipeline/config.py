@@ -66,7 +66,7 @@ class CollectConfig:
     batch_size: int | None = doc(None, "Sequences per forward pass; default 128 sentences (8 windows for a causal LM).")
     shard_size: int | None = doc(None, "Rows per committed shard; default 8192 (256 windows for a causal LM).")
     device: str = doc("auto", "auto, cpu, cuda or cuda:N (under torchrun: each rank its local GPU).")
-    precision: str = doc("auto", "Encoder compute precision: auto (bf16 autocast on CPU/GPU), fp32, bf16, fp16.")
+    precision: str = doc("auto", "Encoder compute precision: auto (bf16 autocast where the hardware computes bf16 natively and faster: AMX / AVX-512 BF16 CPUs, bf16 GPUs; else fp32), fp32, bf16, fp16.")
     overwrite: bool = doc(False, "Replace an existing cache collected with other settings.")
 
 
@@ -134,7 +134,7 @@ class TrainConfig:
     model: DecoderConfig = field(default_factory=DecoderConfig, metadata={"help": "Decoder size."})
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig, metadata={"help": "Forward process."})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimizer and schedule."})
-    precision: str = doc("auto", "auto (bf16 autocast on CPU, bf16 on GPUs that have it), fp32, bf16, fp16.")
+    precision: str = doc("auto", "auto (bf16 autocast where the hardware computes bf16 natively and faster: AMX / AVX-512 BF16 CPUs, bf16 GPUs; else fp32), fp32, bf16, fp16.")
     device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
     seed: int = doc(0, "Seed for initialisation, data order and noise.")
     eval_every: int = doc(500, "Validation loss every N optimizer steps (0 = only at the end).")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
+import platform
 import random
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,11 +34,13 @@ def pick_device(name: str = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class Precision:
-    """How a stage computes: ``autocast_dtype`` None means plain fp32."""
+    """How a stage computes: ``autocast_dtype`` None means plain fp32. ``reason`` says why this
+    precision was chosen (one line for the user)."""
 
     name: str
     autocast_dtype: torch.dtype | None
     device_type: str
+    reason: str = "asked for"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -44,20 +51,89 @@ class Precision:
     def needs_scaler(self) -> bool:
         return self.autocast_dtype == torch.float16
 
+    def describe(self) -> str:
+        return f"precision {self.name} ({self.reason})"
+
+
+BF16_MIN_SPEEDUP = 1.1  # bf16 must beat fp32 matmul by this factor to be chosen on a CPU
+_VERDICT_FILE = "precision.json"
+
+
+def cpu_bf16_native() -> bool:
+    """Whether the CPU computes bf16 matmuls in hardware (AMX tiles or AVX-512 BF16). Elsewhere
+    oneDNN emulates them, several times slower than fp32."""
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 512, repeats: int = 8) -> float:
+    """Measured throughput of an n x n x n matmul in ``dtype`` on this process's CPU threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / max(time.perf_counter() - began, 1e-9) / 1e9
+
+
+def _cpu_key() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def _verdict_path() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sgdd" / _VERDICT_FILE
+
+
+@functools.cache
+def cpu_bf16_verdict() -> tuple[bool, str]:
+    """(use bf16?, why) on this CPU: bf16 only where it is native *and* a measured matmul is at
+    least ``BF16_MIN_SPEEDUP`` times faster than fp32. The measurement (~0.2 s) is kept per CPU
+    model, torch version and thread count in ``~/.cache/sgdd/precision.json``."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if not cpu_bf16_native():
+        return False, f"the CPU ({capability}) has no AMX or AVX-512 BF16: bf16 would be emulated"
+    path, key = _verdict_path(), _cpu_key()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict) or not isinstance(known.get(key), dict):
+        fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+        known = (known if isinstance(known, dict) else {}) | {key: {"fp32_gflops": fp32, "bf16_gflops": bf16}}
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(known, indent=1))
+    fp32, bf16 = known[key]["fp32_gflops"], known[key]["bf16_gflops"]
+    ratio = bf16 / max(fp32, 1e-9)
+    use = ratio >= BF16_MIN_SPEEDUP
+    return use, f"native bf16 on the CPU: matmul {bf16:.0f} vs {fp32:.0f} GFLOP/s in fp32 ({ratio:.1f}x)"
+
 
 def pick_precision(name: str, device: torch.device) -> Precision:
-    """``auto``: bf16 autocast on CPU (AMX/AVX512-BF16 make it several times faster) and on GPUs
-    with bf16 support, fp32 elsewhere."""
+    """``auto``: on a CPU, bf16 autocast only where bf16 is native and measured faster
+    (:func:`cpu_bf16_verdict`), else fp32; on a GPU, bf16 where supported, else fp32."""
+    reason = "asked for"
     if name == "auto":
-        if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
-            name = "bf16"
+        if device.type == "cpu":
+            use_bf16, reason = cpu_bf16_verdict()
+        elif device.type == "cuda" and torch.cuda.is_bf16_supported():
+            use_bf16, reason = True, "the GPU supports bf16"
         else:
-            name = "fp32"
+            use_bf16, reason = False, f"no bf16 support on {device.type}"
+        name, reason = ("bf16" if use_bf16 else "fp32"), f"auto: {reason}"
     if name not in _DTYPES:
         raise SgddError(f"unknown precision {name!r} (use auto, fp32, bf16 or fp16)")
     if name == "fp16" and device.type == "cpu":
         raise SgddError("fp16 autocast is for GPUs; use --precision bf16 or fp32 on CPU")
-    return Precision(name, None if name == "fp32" else _DTYPES[name], device.type)
+    return Precision(name, None if name == "fp32" else _DTYPES[name], device.type, reason)
 
 
 def seed_everything(seed: int) -> None:

@@ -408,6 +408,7 @@ def _collect(cfg: CollectConfig, ranks: Ranks) -> Path:
         raise SgddError(f"output path {out} exists and is not a directory")
     device = rank_device(pick_device(cfg.device), ranks)
     precision = pick_precision(cfg.precision, device)
+    log(ranks, f"encoder on {device}, {precision.describe()}")
     mode = load_mode(cfg, source, device, precision)
     fingerprint = mode.model.fingerprint()
     settings = mode.settings(fingerprint, precision)

@@ -790,6 +790,7 @@ class Trainer:
         if cfg.resume:
             check_config_unchanged(self.run_dir, cfg)
         self.prec = pick_precision(cfg.precision, self.device)
+        say(f"training on {self.device}, {self.prec.describe()}")
         self.data = load_data(cfg)
         model = build_model(cfg, self.data)
         if cfg.resume:
