@@ -113,3 +113,31 @@ def build_cache(root: Path, splits: dict[str, list[str]] | None = None, dim: int
                 )
             w.finalize()
     return root
+
+
+def build_body_cache(root: Path, dim: int = 16) -> Path:
+    """A sentence cache whose encoder/ also holds a tiny RoBERTa's weights and config (what
+    ``sgdd collect`` stores so that a decoder body can start from the encoder)."""
+    from transformers import RobertaModel
+
+    from sgdd.cache import SplitWriter, write_encoder_files
+    from sgdd.cache.writer import write_body_files
+
+    encoder = RobertaModel.from_pretrained(str(build_encoder_dir(root.parent / f"{root.name}-encoder")))
+    tokenizer = build_tokenizer()
+    emb = encoder.get_input_embeddings().weight.detach()
+    write_encoder_files(root, tokenizer, emb, {
+        "model": "tiny-roberta", "weights_sha256": "2" * 64, "tokenizer_sha256": "1" * 64,
+        "vocab_size": emb.shape[0], "embed_dim": emb.shape[1], "hidden_size": dim,
+        "pad_id": tokenizer.pad_token_id, "mask_id": tokenizer.mask_token_id,
+        "bos_id": tokenizer.cls_token_id, "eos_id": tokenizer.sep_token_id,
+    })
+    write_body_files(root, encoder.state_dict(), encoder.config.to_dict())
+    for split, texts in {"train": SENTENCES[:24], "validation": SENTENCES[24:28], "test": SENTENCES[28:]}.items():
+        with SplitWriter(root / split, {"model": "tiny-roberta", "split": split}, {"vectors": ((dim,), "fp32")}) as w:
+            ids = [tokenizer(t)["input_ids"] for t in texts]
+            w.write_shard({"id": [f"{split}-{i}" for i in range(len(texts))], "text": texts, "input_ids": ids,
+                           "length": [len(x) for x in ids]},
+                          {"vectors": torch.stack([text_vector(t, dim) for t in texts])})
+            w.finalize()
+    return root

@@ -9,7 +9,7 @@ import torch
 
 from sgdd.models.checkpoint import load_model
 from sgdd.models.decoder import Decoder
-from sgdd.pipeline.config import DecoderConfig, DiffusionConfig, TrainConfig, apply_overrides, load_yaml
+from sgdd.pipeline.config import DecoderConfig, DiffusionConfig, OptimConfig, TrainConfig, apply_overrides, load_yaml
 from sgdd.pipeline.errors import SgddError
 from sgdd.stages import train
 from sgdd.stages.train import (EpochSampler, StepNoise, fit, lr_factor, masked_diffusion_loss, param_groups,
@@ -48,7 +48,7 @@ def test_epoch_sampler_covers_every_row_and_resumes():
 
 def test_no_weight_decay_on_biases_norms_embeddings_null():
     model = Decoder(DecoderConfig(n_layers=1, d_model=16, n_heads=2, max_len=8), 30, 8, 12, 3)
-    decay, no_decay = param_groups(model, 0.1)
+    decay, no_decay = param_groups(model, OptimConfig(weight_decay=0.1))
     decayed = {id(p) for p in decay["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in decayed}
     assert "tok_emb.weight" not in names and "null_cond" not in names and "out_bias" not in names
@@ -57,7 +57,7 @@ def test_no_weight_decay_on_biases_norms_embeddings_null():
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert no_decay["weight_decay"] == 0.0
     untied = Decoder(DecoderConfig(n_layers=1, d_model=16, n_heads=2, max_len=8, tie_output=False), 30, 8, 12, 3)
-    assert not any(p is untied.out_emb for p in param_groups(untied, 0.1)[0]["params"])  # an output embedding
+    assert not any(p is untied.out_emb for p in param_groups(untied, OptimConfig(weight_decay=0.1))[0]["params"])  # an output embedding
 
 
 def test_loss_projects_only_masked_positions_and_sums_over_samples(monkeypatch):

@@ -216,8 +216,8 @@ def test_block_tail_ignore_scores_only_real_labels(windows_cache, tmp_path, monk
     seen = []
     real = train_mod.masked_diffusion_loss
 
-    def spy(model, x0, z, noise, dcfg, given=0):
-        parts = real(model, x0, z, noise, dcfg, given)
+    def spy(model, x0, z, noise, dcfg, given=0, lengths=None):
+        parts = real(model, x0, z, noise, dcfg, given, lengths)
         seen.append((x0.clone(), parts.n_masked.item(), noise))
         return parts
 
@@ -235,9 +235,9 @@ def test_mtp_head_with_the_first_token_given(windows_cache, tmp_path, monkeypatc
 
     givens, real = [], train_mod.masked_diffusion_loss
 
-    def spy(model, x0, z, noise, dcfg, given=0):
+    def spy(model, x0, z, noise, dcfg, given=0, lengths=None):
         givens.append(given)
-        return real(model, x0, z, noise, dcfg, given)
+        return real(model, x0, z, noise, dcfg, given, lengths)
 
     monkeypatch.setattr(train_mod, "masked_diffusion_loss", spy)
     result = fit(mtp_cfg(windows_cache, tmp_path / "r", given=1, **{"optim.max_steps": 3}))

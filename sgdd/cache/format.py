@@ -22,6 +22,8 @@ ENCODER_DIR = "encoder"
 ENCODER_META = "encoder.json"
 EMBEDDINGS_FILE = "embeddings.safetensors"
 LM_HEAD_FILE = "lm_head.safetensors"
+BODY_FILE = "body.safetensors"  # an encoder's own weights, to start a decoder body from
+BODY_CONFIG = "body.json"  # its Hugging Face config
 LOCK_FILE = ".lock"
 GENERATED_DIR = "generated"
 

@@ -428,6 +428,14 @@ class Cache:
             raise SgddError(f"{self.dir} has no {fmt.ENCODER_DIR}/{fmt.LM_HEAD_FILE} (not collected from a causal LM)")
         return load_file(str(path))["weight"]
 
+    def body(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """The encoder's Hugging Face config and weights, to start a decoder body from."""
+        weights, config = self.encoder_dir / fmt.BODY_FILE, self.encoder_dir / fmt.BODY_CONFIG
+        if not weights.is_file() or not config.is_file():
+            raise SgddError(f"{self.dir} holds no encoder weights ({fmt.ENCODER_DIR}/{fmt.BODY_FILE}): collected from "
+                            "a causal LM or by an older sgdd; rerun the same `sgdd collect` command to add them")
+        return json.loads(config.read_text()), load_file(str(weights))
+
     def tokenizer(self):
         from transformers import AutoTokenizer
 

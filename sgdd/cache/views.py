@@ -39,6 +39,7 @@ WINDOWS_KIND = "windows"
 class Batch:
     x0: torch.Tensor  # [b, L] int64 clean tokens; IGNORE_INDEX where there is no label
     cond: torch.Tensor  # [b, D] float32 condition vectors
+    lengths: torch.Tensor | None = None  # [b] tokens of each sentence (sentence view)
 
 
 def cache_kind(split: CacheSplit) -> str:
@@ -81,6 +82,7 @@ class SentenceView:
     texts: list[str]
     row_index: torch.Tensor  # [N] position of each kept row in the split
     dropped: int
+    lengths: torch.Tensor | None = None  # [N] tokens of each sentence (special tokens included)
     name = "sentence"
 
     def __len__(self) -> int:
@@ -95,7 +97,14 @@ class SentenceView:
         return self.vectors.shape[1]
 
     def batch(self, idx: torch.Tensor) -> Batch:
-        return Batch(self.ids[idx], self.vectors[idx])
+        return Batch(self.ids[idx], self.vectors[idx], self.lengths[idx])
+
+    def batch_unpadded(self, idx: torch.Tensor) -> Batch:
+        """Sentences of one length, without padding: x0 [b, l]."""
+        n = self.lengths[idx]
+        if bool((n != n[0]).any()):
+            raise ValueError("an unpadded batch needs sentences of one length")
+        return Batch(self.ids[idx, : int(n[0])], self.vectors[idx], n)
 
 
 def sentence_view(split: CacheSplit, max_len: int, pad_id: int, max_rows: int | None = None,
@@ -121,7 +130,8 @@ def sentence_view(split: CacheSplit, max_len: int, pad_id: int, max_rows: int | 
         ids[j, : len(row)] = torch.tensor(row, dtype=torch.long)
         texts.append(all_texts[i])
     vectors = split.array("vectors", slice(0, n))[keep].float()
-    return SentenceView(ids=ids, vectors=vectors, texts=texts, row_index=keep, dropped=n - keep.numel())
+    return SentenceView(ids=ids, vectors=vectors, texts=texts, row_index=keep, dropped=n - keep.numel(),
+                        lengths=lengths[keep])
 
 
 # --------------------------------------------------------------------------------------------

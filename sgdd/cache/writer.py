@@ -379,6 +379,25 @@ def write_encoder_files(cache_dir: Path, tokenizer: Any, embeddings: torch.Tenso
     return final
 
 
+def write_body_files(cache_dir: Path, state: dict[str, torch.Tensor], config: dict) -> None:
+    """``encoder/body.safetensors`` + ``encoder/body.json``: the encoder's own weights and config, so
+    that Stage 2 can start a decoder body from them without loading the encoder. Written once
+    (each file atomically); a cache collected before they existed gains them on the next collect."""
+    final = cache_dir / fmt.ENCODER_DIR
+    weights, meta = final / fmt.BODY_FILE, final / fmt.BODY_CONFIG
+    if weights.is_file() and meta.is_file():
+        return
+    tmp = final / f".{fmt.BODY_FILE}.tmp-{os.getpid()}"
+    try:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp))
+        os.replace(tmp, weights)
+        fmt.write_json_atomic(meta, config)
+        fmt.fsync_tree(final)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise io_error(f"writing {weights}", e) from None
+
+
 # What makes two encoder directories the same: a cache never mixes splits that differ in these.
 ENCODER_IDENTITY = ("model", "weights_sha256", "tokenizer_sha256", "kind", "pooling", "layer")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from sgdd.models.body import BodyDecoder
 from sgdd.models.decoder import Decoder
 from sgdd.pipeline.config import DecoderConfig, from_dict
 from sgdd.pipeline.errors import SgddError
@@ -41,7 +42,7 @@ def model_meta(model: Decoder, cache_dir: str | Path, special_ids: dict) -> dict
         "mask_id": model.mask_id,
         "special_ids": special_ids,
         "cache": str(Path(cache_dir).resolve()),
-    }
+    } | ({"body_config": model.body_config} if isinstance(model, BodyDecoder) else {})
 
 
 def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -71,9 +72,15 @@ def save_model(directory: str | Path, model: Decoder, meta: dict,
     return directory
 
 
-def build_model(meta: dict) -> Decoder:
+def build_model(meta: dict) -> Decoder | BodyDecoder:
+    """An untrained decoder of the checkpoint's architecture (a pretrained body's from its stored config)."""
     cfg = from_dict(DecoderConfig, meta["decoder"])
-    return Decoder(cfg, meta["vocab_size"], meta["cond_dim"], meta["embed_dim"], meta["mask_id"])
+    sizes = (meta["vocab_size"], meta["cond_dim"], meta["embed_dim"], meta["mask_id"])
+    if cfg.init_body == "encoder":
+        if "body_config" not in meta:
+            raise SgddError("the checkpoint's model.json lacks body_config (model.init_body: encoder)")
+        return BodyDecoder(cfg, *sizes, meta["body_config"])
+    return Decoder(cfg, *sizes)
 
 
 def read_meta(directory: str | Path) -> dict:

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sgdd.pipeline.config import DecoderConfig
+from sgdd.pipeline.errors import SgddError
 
 CONDITIONINGS = ("cross", "adaln", "prefix")
 ADALN_CHUNKS = 6  # shift, scale, gate for attention; shift, scale, gate for the MLP
@@ -71,6 +72,18 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [B, L, d] * (1 + scale [B, d]) + shift [B, d]."""
     return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class LengthHead(nn.Module):
+    """Condition z [B, Dz] -> logits [B, max_len + 1] over the number of tokens of the sentence,
+    special start and end tokens included (Mask-Predict predicts the length the same way)."""
+
+    def __init__(self, cond_dim: int, max_len: int, hidden: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.GELU(), nn.Linear(hidden, max_len + 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
 
 
 class SelfAttention(nn.Module):
@@ -177,6 +190,7 @@ class Decoder(nn.Module):
         if not cfg.tie_output:
             self.out_emb = nn.Parameter(torch.empty(vocab_size, embed_dim))
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.length_head = LengthHead(cond_dim, cfg.max_len) if cfg.length_head else None
         prefix = cfg.cond_tokens if mode == "prefix" else 0
         cos, sin = rope_tables(prefix + cfg.max_len, d // cfg.n_heads, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -282,6 +296,12 @@ class Decoder(nn.Module):
             h = block(h, cos, sin, c)
         shift, scale = self.ada_out(c).chunk(2, dim=-1)
         return modulate(self.norm_out(h), shift, scale)  # [B, L, d]
+
+    def length_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, Dz] -> [B, max_len + 1] logits over the sentence's token count (special tokens included)."""
+        if self.length_head is None:
+            raise SgddError("this decoder has no length head (model.length_head false)")
+        return self.length_head(z.to(self.null_cond.dtype))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., d] -> [..., V] through the output matrix; the mask token is never predicted.

@@ -156,13 +156,21 @@ def weighted_token_loss(name: str, inputs: TokenLossInputs) -> torch.Tensor:
 
 
 def sample_noise(n: int, length: int, time_eps: float, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                 device: torch.device | str = "cpu", stratified: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample times t ~ U(eps, 1) [n] and uniforms u [n, L] that decide which tokens are masked.
 
     Drawn for a whole optimizer step at once, so that splitting the step into micro-batches
-    (or over processes) does not change which tokens are masked.
+    (or over processes) does not change which tokens are masked. ``stratified``: low-discrepancy
+    times (MDLM), ``(u0 + i / n) mod 1`` for one uniform u0, in random order: every step covers
+    (eps, 1) evenly, which lowers the variance of the loss across steps.
     """
-    t = time_eps + (1 - time_eps) * torch.rand(n, generator=generator, device=device)
+    if stratified:
+        u0 = torch.rand(1, generator=generator, device=device)
+        grid = (u0 + torch.arange(n, device=device) / n) % 1  # [n]
+        share = grid[torch.randperm(n, generator=generator, device=device)]
+    else:
+        share = torch.rand(n, generator=generator, device=device)
+    t = time_eps + (1 - time_eps) * share
     u = torch.rand(n, length, generator=generator, device=device)
     return t, u
 

@@ -95,6 +95,15 @@ class DecoderConfig:
     dropout: float = doc(0.0, "Dropout in attention and MLP outputs.")
     cond_drop: float = doc(0.1, "Share of training samples whose condition is replaced by the learned null (CFG).")
     rope_theta: float = doc(10000.0, "RoPE base.")
+    init_body: str = doc(
+        "none",
+        "none (a transformer trained from scratch, sized by the fields above) or encoder (the frozen encoder's "
+        "own pretrained layers, stored in the cache by `sgdd collect`, become the decoder's body: its first "
+        "n_layers layers, its hidden size and heads; the condition enters as cond_tokens prefix tokens from a "
+        "small MLP and there is no time input).",
+    )
+    length_head: bool = doc(False, "Predict each sentence's token count from the condition (a small MLP); decoding "
+                            "then generates exactly that many positions instead of max_len padded ones.")
 
 
 @dataclass
@@ -108,6 +117,8 @@ class DiffusionConfig:
     )
     cart_p: float | None = doc(None, "Geometric-distribution p of the cart weight (default 0.3); only with loss_weight cart.")
     time_eps: float = doc(1e-3, "t is drawn from U(time_eps, 1).")
+    stratified: bool = doc(False, "Low-discrepancy times (MDLM): the n times of an optimizer step are "
+                           "(u + i/n) mod 1 for one uniform u, spread evenly over (time_eps, 1) instead of i.i.d.")
 
 
 @dataclass
@@ -122,6 +133,11 @@ class OptimConfig:
     batch_size: int = doc(64, "Samples per micro-batch and process (under torchrun the step sees batch_size x processes x grad_accum).")
     grad_accum: int = doc(1, "Micro-batches per optimizer step.")
     grad_clip: float = doc(1.0, "Clip the global gradient norm once per optimizer step (0 = off).")
+    body_lr: float | None = doc(None, "Peak learning rate of the pretrained body (model.init_body: encoder) and "
+                                "its embeddings; null = lr. The new weights (prefix MLP, heads) use lr.")
+    max_minutes: float | None = doc(None, "Wall-time budget of the run in minutes (resumed runs count their earlier "
+                                    "time): training stops when it is spent, and the cosine LR decay runs over the "
+                                    "budget instead of max_steps (which still caps the steps).")
 
 
 @dataclass
@@ -148,6 +164,12 @@ class TrainConfig:
         "What the decoder learns from the cache: sentence (sentence vector -> its tokens), next_block "
         "(base-LM hidden state h_l -> the base model's next block_length tokens: the MTP head), or auto "
         "(next_block for a windows cache, else sentence).",
+    )
+    batching: str = doc(
+        "padded",
+        "Sentence view: padded (every sentence padded to model.max_len, pad positions scored like tokens) or "
+        "by_length (batches of sentences of one length, no padding computed; needs model.length_head, which "
+        "learns the length instead).",
     )
     block_length: int = doc(4, "Next-block view: tokens per block L (the head predicts t_l .. t_{l+L-1}).")
     given: int = doc(0, "Next-block view: the first N tokens of each block are never masked nor scored, "
@@ -362,6 +384,8 @@ def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
 # cross-field checks: every problem in one message
 # --------------------------------------------------------------------------------------------
 DTYPES = ("bf16", "fp16", "fp32")
+INIT_BODIES = ("none", "encoder")
+BATCHINGS = ("padded", "by_length")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -410,6 +434,11 @@ def _check(cfg: Any) -> list[str]:
             p.append(f"model.cond_drop must be in [0, 1), got {cfg.cond_drop}")
         if not 0 <= cfg.dropout < 1:
             p.append(f"model.dropout must be in [0, 1), got {cfg.dropout}")
+        if cfg.init_body not in INIT_BODIES:
+            p.append(f"model.init_body {cfg.init_body!r} unknown (valid: {', '.join(INIT_BODIES)})")
+        elif cfg.init_body == "encoder" and cfg.conditioning != "prefix":
+            p.append(f"model.init_body encoder takes the condition as prefix tokens: set model.conditioning prefix "
+                     f"(got {cfg.conditioning!r})")
     elif isinstance(cfg, DiffusionConfig):
         from sgdd.models.diffusion import LOSS_WEIGHTS, SCHEDULES
 
@@ -433,8 +462,9 @@ def _check(cfg: Any) -> list[str]:
                 p.append(f"optim.{name} must be positive, got {getattr(cfg, name)}")
         if cfg.warmup_steps < 0:
             p.append(f"optim.warmup_steps must be >= 0, got {cfg.warmup_steps}")
-        if cfg.lr <= 0:
-            p.append(f"optim.lr must be positive, got {cfg.lr}")
+        for name in ("lr", "body_lr", "max_minutes"):
+            if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+                p.append(f"optim.{name} must be positive, got {getattr(cfg, name)}")
     elif isinstance(cfg, TrainConfig):
         p += _check(cfg.model) + _check(cfg.diffusion) + _check(cfg.optim)
         if cfg.precision not in PRECISIONS:
@@ -449,6 +479,11 @@ def _check(cfg: Any) -> list[str]:
             p.append(f"view {cfg.view!r} unknown (valid: auto, {', '.join(VIEWS)})")
         if cfg.block_length < 1:
             p.append(f"block_length must be positive, got {cfg.block_length}")
+        if cfg.batching not in BATCHINGS:
+            p.append(f"batching {cfg.batching!r} unknown (valid: {', '.join(BATCHINGS)})")
+        elif cfg.batching == "by_length" and not cfg.model.length_head:
+            p.append("batching by_length trains no pad positions, so the length must come from a length head: "
+                     "set model.length_head true")
         if cfg.given < 0:
             p.append(f"given must be >= 0, got {cfg.given}")
         if cfg.block_tail not in BLOCK_TAILS:

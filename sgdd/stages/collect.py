@@ -29,7 +29,8 @@ import yaml
 from tqdm import tqdm
 
 from sgdd.cache import format as fmt
-from sgdd.cache.writer import DirLock, ShardBuilder, SplitWriter, encoder_identity_diff, io_error, write_encoder_files
+from sgdd.cache.writer import (DirLock, ShardBuilder, SplitWriter, encoder_identity_diff, io_error, write_body_files,
+                               write_encoder_files)
 from sgdd.pipeline.config import CollectConfig, to_dict
 from sgdd.pipeline.distributed import BARRIER_TIMEOUT, Ranks, init_ranks, rank_device, rank_threads
 from sgdd.pipeline.errors import SgddError
@@ -96,6 +97,10 @@ class SentenceMode:
         emb = self.model.input_embeddings()
         return ({**fingerprint, **special, "kind": "encoder", "vocab_size": emb.shape[0], "embed_dim": emb.shape[1],
                  "hidden_size": self.model.hidden_size, "pooling": self.cfg.pooling}, emb, {})
+
+    def body(self) -> tuple[dict[str, torch.Tensor], dict] | None:
+        """The encoder's weights and Hugging Face config (a decoder body can start from them)."""
+        return self.model.model.state_dict(), self.model.model.config.to_dict()
 
     def rows(self, split: str, stats: dict, split_dir: Path, ranks: Ranks) -> Iterator[dict]:
         return sentence_rows(self.source.records(split, stats), self.model.tokenizer, self.cfg, stats)
@@ -168,6 +173,9 @@ class WindowMode:
                 "num_layers": self.model.num_layers, "layer": self.cfg.layer, "tied_lm_head": self.model.tied,
                 "lm_head_shape": list(head.shape)}
         return info, emb, {fmt.LM_HEAD_FILE: head}
+
+    def body(self) -> None:
+        return None  # a causal LM's body is not a bidirectional decoder body
 
     def rows(self, split: str, stats: dict, split_dir: Path, ranks: Ranks) -> Iterator[dict]:
         chunks = document_chunks(self.source.documents(split, stats), self.model.tokenizer, stats)
@@ -374,6 +382,9 @@ def prepare_cache(out: Path, cfg: CollectConfig, mode, fingerprint: dict) -> Dir
                 if p.name != fmt.LOCK_FILE:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         write_encoder_files(out, mode.model.tokenizer, embeddings, info, tensors)
+        body = mode.body()
+        if body is not None:
+            write_body_files(out, *body)
         fmt.write_text_atomic(out / "collect-config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     except OSError as e:
         lock.release()

@@ -47,6 +47,7 @@ from sgdd.cache.reader import Cache, CacheSplit, open_cache
 from sgdd.cache.views import check_view, next_block_view, sentence_view, view_for
 from sgdd.models.checkpoint import (MODEL_FILE, MODEL_META, load_ema_weights, load_model, model_meta,
                                     read_meta, save_model)
+from sgdd.models.body import BODY_PREFIX, BodyDecoder
 from sgdd.models.decoder import Decoder
 from sgdd.models.diffusion import (DEFAULT_CART_P, IGNORE_INDEX, TokenLossInputs, apply_mask, get_schedule, sample_noise,
                                    weighted_token_loss)
@@ -100,6 +101,7 @@ class TrainData:
     cond_dim: int
     hidden_size: int  # the encoder's / base model's hidden size (d_model: null)
     info: dict  # encoder.json
+    body: tuple[dict, dict] | None = None  # the encoder's HF config and weights (model.init_body: encoder)
 
     @property
     def tokenizer_sha256(self) -> str | None:
@@ -168,7 +170,10 @@ def load_data(cfg: TrainConfig) -> TrainData:
         if lm_head.shape[0] > vocab_size or lm_head.shape[1] != embeddings.shape[1]:
             raise SgddError(f"the cache's LM head has shape {tuple(lm_head.shape)}, its embeddings {tuple(embeddings.shape)}")
     hidden_size = int(info.get("hidden_size") or train.cond_dim)
-    return TrainData(view, train, val, embeddings, lm_head, ids, vocab_size, train.cond_dim, hidden_size, info)
+    body = cache.body() if cfg.model.init_body == "encoder" else None
+    if cfg.batching == "by_length" and view != "sentence":
+        raise SgddError(f"batching by_length is for the sentence view (this cache trains the {view} view)")
+    return TrainData(view, train, val, embeddings, lm_head, ids, vocab_size, train.cond_dim, hidden_size, info, body)
 
 
 def check_cache_fits(meta: dict, data: TrainData, cache_dir: str, what: str) -> None:
@@ -231,6 +236,46 @@ class EpochSampler:
         self.epoch, self.pos = state["epoch"], state["pos"]
 
 
+class LengthSampler(EpochSampler):
+    """Like :class:`EpochSampler`, but every micro-batch holds sentences of one length, so no
+    padding is computed. Each epoch shuffles the rows, groups them by length (a stable sort keeps
+    the shuffle inside a group), cuts each group into batches and shuffles the batches."""
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int):
+        self.lengths = lengths
+        super().__init__(lengths.numel(), batch_size, seed)
+
+    def _draw_order(self) -> None:
+        self._epoch_rng = self.generator.get_state()
+        perm = torch.randperm(self.n, generator=self.generator)  # [N]
+        grouped = perm[torch.sort(self.lengths[perm], stable=True).indices]  # [N] by length, shuffled within
+        sizes = torch.unique_consecutive(self.lengths[grouped], return_counts=True)[1].tolist()
+        batches = [b for group in torch.split(grouped, sizes) for b in torch.split(group, self.batch_size)]
+        self.batches = [batches[i] for i in torch.randperm(len(batches), generator=self.generator).tolist()]
+        self.order = torch.cat(self.batches)
+
+    def next_batch(self) -> torch.Tensor:
+        """Indices [b] of sentences of one length, b <= batch_size (``pos`` counts rows)."""
+        if self.pos >= self.n:
+            self.epoch, self.pos = self.epoch + 1, 0
+            self._draw_order()
+        done, k = 0, 0
+        while done < self.pos:  # the batch that starts at row pos
+            done += self.batches[k].numel()
+            k += 1
+        idx = self.batches[k]
+        self.pos += idx.numel()
+        return idx
+
+
+def make_sampler(cfg: TrainConfig, view, world: int) -> EpochSampler:
+    """Global micro-batches of batch_size x processes samples: padded, or one length per batch."""
+    size = cfg.optim.batch_size * world
+    if cfg.batching == "by_length":
+        return LengthSampler(view.lengths, size, cfg.seed)
+    return EpochSampler(len(view), size, cfg.seed)
+
+
 # --------------------------------------------------------------------------------------------
 # noise and loss
 # --------------------------------------------------------------------------------------------
@@ -252,7 +297,7 @@ def draw_noise(n: int, length: int, dcfg: DiffusionConfig, cond_drop: float,
     """Noise for all n (global) samples of an optimizer step, drawn at once on the CPU, so that
     splitting the step into micro-batches (8x1 or 2x4) or over processes masks the same tokens
     and drops the same conditions."""
-    t, u = sample_noise(n, length, dcfg.time_eps, generator)  # [n], [n, L]
+    t, u = sample_noise(n, length, dcfg.time_eps, generator, stratified=dcfg.stratified)  # [n], [n, L]
     drop = torch.rand(n, generator=generator) < cond_drop  # [n]
     return StepNoise(t, u, drop)
 
@@ -265,17 +310,22 @@ class LossParts:
     ce_sum: torch.Tensor  # scalar: unweighted CE summed over scored tokens (detached)
     correct: torch.Tensor  # scalar: scored tokens whose argmax is the target
     n_masked: torch.Tensor  # scalar: scored tokens
+    length_correct: torch.Tensor  # scalar: sentences whose predicted length is right (0 without a length head)
+
+
+LENGTH_LOSS_WEIGHT = 0.1  # the length head's cross-entropy, per sentence, beside the token loss
 
 
 def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noise: StepNoise,
-                          dcfg: DiffusionConfig, given: int = 0) -> LossParts:
+                          dcfg: DiffusionConfig, given: int = 0, lengths: torch.Tensor | None = None) -> LossParts:
     """The weighted masked-diffusion loss of clean blocks x0 [B, L] conditioned on z [B, D].
     Only masked positions with a real label (not ``IGNORE_INDEX``) are scored; the first
-    ``given`` positions are always visible."""
+    ``given`` positions are always visible. With a length head, its cross-entropy against
+    ``lengths`` [B] is added (weighted by ``LENGTH_LOSS_WEIGHT``)."""
     L = x0.shape[1]
     schedule = get_schedule(dcfg.schedule, dcfg.kappa)
-    # 1. forward process: x_t [B, L]; scored [B, L] = masked and labelled
-    x_t, scored = apply_mask(x0, noise.t, noise.u, schedule, model.mask_id, given)
+    # 1. forward process: x_t [B, L]; scored [B, L] = masked and labelled (noise drawn for max_len)
+    x_t, scored = apply_mask(x0, noise.t, noise.u[:, :L], schedule, model.mask_id, given)
     masked = scored | (x0 == IGNORE_INDEX)  # [B, L] every mask token of the input
     # 2. hidden states of every position: [B, L, d]
     hidden = model(x_t, noise.t, z, noise.drop)
@@ -290,7 +340,13 @@ def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noi
     # 6. sum over samples of sum_scored loss / L (additive over micro-batches and ranks)
     weighted = tok.sum() / L
     correct = (logits.detach().max(-1).indices == target).sum()  # max: ~2x faster than argmax on CPU
-    return LossParts(weighted, ce.detach().sum(), correct, scored.sum())
+    # 7. the length head: which token count the condition says, per sentence
+    length_correct = torch.zeros((), dtype=torch.long, device=x0.device)
+    if model.length_head is not None and lengths is not None:
+        length_logits = model.length_logits(z).float()  # [B, max_len + 1]
+        weighted = weighted + LENGTH_LOSS_WEIGHT * F.cross_entropy(length_logits, lengths, reduction="sum")
+        length_correct = (length_logits.detach().max(-1).indices == lengths).sum()
+    return LossParts(weighted, ce.detach().sum(), correct, scored.sum(), length_correct)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,7 +354,16 @@ def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noi
 # --------------------------------------------------------------------------------------------
 def resolve_decoder(cfg: TrainConfig, data: TrainData) -> DecoderConfig:
     """The decoder config with what the cache decides filled in: d_model (null = the cache's
-    hidden size) and the block length (the next-block view's block_length)."""
+    hidden size; a pretrained body's own size and heads) and the block length (the next-block
+    view's block_length)."""
+    if data.body is not None:
+        body_config = data.body[0]
+        d = int(body_config["hidden_size"])
+        if cfg.model.d_model not in (None, d):
+            raise SgddError(f"model.d_model={cfg.model.d_model}: a body from the encoder has its hidden size {d} "
+                            "(set model.d_model null)")
+        return dataclasses.replace(cfg.model, d_model=d, n_heads=int(body_config["num_attention_heads"]),
+                                   max_len=data.train.length)
     d = cfg.model.d_model if cfg.model.d_model is not None else data.hidden_size
     if d % cfg.model.n_heads or (d // cfg.model.n_heads) % 2:
         source = " (null: the cache's hidden size)" if cfg.model.d_model is None else ""
@@ -316,6 +381,12 @@ def resolve_decoder(cfg: TrainConfig, data: TrainData) -> DecoderConfig:
 def build_model(cfg: TrainConfig, data: TrainData) -> Decoder:
     """A freshly initialised decoder (seeded) with the cache's embeddings (and LM head) copied in."""
     seed_everything(cfg.seed)
+    if data.body is not None:  # the encoder's own layers as the body
+        body_config, body_weights = data.body
+        model = BodyDecoder(resolve_decoder(cfg, data), data.vocab_size, data.cond_dim, data.embeddings.shape[1],
+                            data.special_ids["mask_id"], body_config)
+        model.load_encoder(body_weights)
+        return model
     model = Decoder(resolve_decoder(cfg, data), data.vocab_size, data.cond_dim, data.embeddings.shape[1],
                     data.special_ids["mask_id"])
     model.load_embeddings(data.embeddings)
@@ -327,32 +398,58 @@ def build_model(cfg: TrainConfig, data: TrainData) -> Decoder:
     return model
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on biases, norms, (output) embeddings or the null condition."""
+def param_groups(model: nn.Module, ocfg: OptimConfig) -> list[dict]:
+    """Weight decay on matrices only: not on biases, norms, (output) embeddings or the null
+    condition. The pretrained body (``body.*``) learns at ``body_lr``, the new weights at ``lr``."""
     embedding_params = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
     embedding_params |= {id(p) for n, p in model.named_parameters() if n == "out_emb"}
-    decay, no_decay = [], []
-    for p in model.parameters():
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and id(p) not in embedding_params else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = p.ndim >= 2 and id(p) not in embedding_params
+        groups.setdefault((name.startswith(BODY_PREFIX), not decays), []).append(p)
+    body_lr = ocfg.lr if ocfg.body_lr is None else ocfg.body_lr
+    return [{"params": params, "weight_decay": 0.0 if no_decay else ocfg.weight_decay, "lr": body_lr if body else ocfg.lr}
+            for (body, no_decay), params in sorted(groups.items(), key=lambda kv: kv[0])]
 
 
-def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float) -> float:
+def lr_factor(step: int, warmup_steps: int, max_steps: int, min_lr_ratio: float,
+              time_progress: float | None = None) -> float:
     """Share of the peak LR for optimizer step ``step`` (0-based): linear warmup reaching the peak
-    at step warmup_steps - 1, then cosine decay to ``min_lr_ratio`` at step ``max_steps``."""
+    at step warmup_steps - 1, then cosine decay to ``min_lr_ratio`` at step ``max_steps`` or, under
+    a time budget, as ``time_progress`` (share of the budget spent) reaches 1."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    if time_progress is not None:
+        progress = max(progress, min(1.0, time_progress))  # whichever limit comes first
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_optimizer(model: nn.Module, ocfg: OptimConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW and its LR schedule, stepped once per optimizer step (never per micro-batch)."""
-    optimizer = torch.optim.AdamW(param_groups(model, ocfg.weight_decay), lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2))
+@dataclass
+class Clock:
+    """Seconds this run has trained (a resumed run counts its earlier ones) against ``optim.max_minutes``."""
+
+    budget_s: float | None = None
+    spent_s: float = 0.0
+
+    def progress(self) -> float | None:
+        return None if self.budget_s is None else self.spent_s / self.budget_s
+
+    @property
+    def out(self) -> bool:
+        return self.budget_s is not None and self.spent_s >= self.budget_s
+
+
+def build_optimizer(model: nn.Module, ocfg: OptimConfig, clock: Clock | None = None
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its LR schedule, stepped once per optimizer step (never per micro-batch); under a
+    time budget the decay follows ``clock``."""
+    optimizer = torch.optim.AdamW(param_groups(model, ocfg), lr=ocfg.lr, betas=(ocfg.beta1, ocfg.beta2))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, ocfg.warmup_steps, ocfg.max_steps, ocfg.min_lr_ratio))
+        optimizer, lambda s: lr_factor(s, ocfg.warmup_steps, ocfg.max_steps, ocfg.min_lr_ratio,
+                                       None if clock is None else clock.progress()))
     return optimizer, scheduler
 
 
@@ -371,20 +468,23 @@ class TrainState:
     noise_rng: torch.Generator
     ema: EMA | None = None
     dist: DistInfo = field(default_factory=DistInfo)
+    clock: Clock = field(default_factory=Clock)
     step: int = 0
     best_val: float = math.inf
 
 
 def new_state(model: Decoder, cfg: TrainConfig, data: TrainData, prec: Precision, device: torch.device,
               dist: DistInfo = DistInfo()) -> TrainState:
-    optimizer, scheduler = build_optimizer(model, cfg.optim)
+    clock = Clock(None if cfg.optim.max_minutes is None else 60.0 * cfg.optim.max_minutes)
+    optimizer, scheduler = build_optimizer(model, cfg.optim, clock)
     return TrainState(
         model=model, optimizer=optimizer, scheduler=scheduler,
         scaler=torch.amp.GradScaler(device.type, enabled=prec.needs_scaler),
-        sampler=EpochSampler(len(data.train), cfg.optim.batch_size * dist.world, cfg.seed),
+        sampler=make_sampler(cfg, data.train, dist.world),
         noise_rng=torch.Generator().manual_seed(cfg.seed + NOISE_SEED_OFFSET),
         ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
         dist=dist,
+        clock=clock,
     )
 
 
@@ -398,6 +498,7 @@ class StepStats:
     lr: float
     grad_norm: torch.Tensor | None
     data_s: float = 0.0  # seconds this process spent getting its batches
+    length_acc: torch.Tensor | None = None  # share of sentences whose length head was right
 
 
 def train_step(state: TrainState, view, cfg: TrainConfig, prec: Precision, device: torch.device) -> StepStats:
@@ -410,7 +511,7 @@ def train_step(state: TrainState, view, cfg: TrainConfig, prec: Precision, devic
     # 2. the forward-process noise of all n global samples at once: t [n], u [n, L], drop [n]
     noise = draw_noise(n, view.length, cfg.diffusion, cfg.model.cond_drop, state.noise_rng)
     # 3. this rank's share of each micro-batch; each backward carries 1/n per sample
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # weighted loss, ce, correct, scored tokens
+    sums = torch.zeros(5, dtype=torch.float64, device=device)  # weighted loss, ce, correct, scored tokens, lengths right
     start, data_s = 0, 0.0
     for idx in batches:
         mine = ddp.shard(idx.numel(), dist.rank, dist.world)
@@ -419,14 +520,16 @@ def train_step(state: TrainState, view, cfg: TrainConfig, prec: Precision, devic
         if mine.stop == mine.start:
             continue
         began = time.perf_counter()
-        batch = view.batch(idx[mine])
+        batch = view.batch_unpadded(idx[mine]) if cfg.batching == "by_length" else view.batch(idx[mine])
         x0 = batch.x0.to(device, non_blocking=True)  # [b, L]
         z = batch.cond.to(device, non_blocking=True)  # [b, D]
+        lengths = None if batch.lengths is None else batch.lengths.to(device)  # [b]
         data_s += time.perf_counter() - began
         with prec.autocast():
-            parts = masked_diffusion_loss(model, x0, z, noise.select(rows, device), cfg.diffusion, cfg.given)
+            parts = masked_diffusion_loss(model, x0, z, noise.select(rows, device), cfg.diffusion, cfg.given, lengths)
         state.scaler.scale(parts.weighted / n).backward()
-        sums += torch.stack([parts.weighted.detach(), parts.ce_sum, parts.correct, parts.n_masked]).double()
+        sums += torch.stack([parts.weighted.detach(), parts.ce_sum, parts.correct, parts.n_masked,
+                             parts.length_correct]).double()
     # 4. gradients summed over ranks once per step, then one clip and one optimizer step
     ddp.all_reduce_grads(dist, model)
     ddp.all_reduce_sum(dist, sums)
@@ -442,8 +545,9 @@ def train_step(state: TrainState, view, cfg: TrainConfig, prec: Precision, devic
     state.step += 1
     if state.ema is not None:
         state.ema.update(model)
-    loss, ce_sum, correct, n_masked = sums.unbind()
-    return StepStats(loss / n, ce_sum, correct, n_masked, n, lr, grad_norm, data_s)
+    loss, ce_sum, correct, n_masked, length_correct = sums.unbind()
+    length_acc = length_correct / n if getattr(model, "length_head", None) is not None else None
+    return StepStats(loss / n, ce_sum, correct, n_masked, n, lr, grad_norm, data_s, length_acc)
 
 
 @torch.no_grad()
@@ -457,24 +561,39 @@ def evaluate(model: Decoder, view, cfg: TrainConfig, prec: Precision, device: to
     generator = torch.Generator().manual_seed(cfg.seed)
     bs = cfg.optim.batch_size * dist.world
     n = min(len(view), cfg.eval_batches * bs)
-    sums = torch.zeros(4, dtype=torch.float64)
-    for start in range(0, n, bs):
-        idx = torch.arange(start, min(start + bs, n))
+    sums = torch.zeros(5, dtype=torch.float64)
+    by_length = cfg.batching == "by_length"
+    for idx in validation_batches(view, n, bs, by_length):
         t, u = sample_noise(idx.numel(), view.length, cfg.diffusion.time_eps, generator)
         mine = ddp.shard(idx.numel(), dist.rank, dist.world)
         if mine.stop == mine.start:
             continue
-        batch = view.batch(idx[mine])
+        batch = view.batch_unpadded(idx[mine]) if by_length else view.batch(idx[mine])
         noise = StepNoise(t[mine].to(device), u[mine].to(device), None)
+        lengths = None if batch.lengths is None else batch.lengths.to(device)
         with prec.autocast():
             parts = masked_diffusion_loss(model, batch.x0.to(device), batch.cond.to(device), noise, cfg.diffusion,
-                                          cfg.given)
-        sums += torch.tensor([parts.weighted.item(), parts.ce_sum.item(), parts.correct.item(), parts.n_masked.item()],
-                             dtype=torch.float64)
+                                          cfg.given, lengths)
+        sums += torch.tensor([parts.weighted.item(), parts.ce_sum.item(), parts.correct.item(), parts.n_masked.item(),
+                              parts.length_correct.item()], dtype=torch.float64)
     ddp.all_reduce_sum(dist, sums)
     model.train(was_training)
-    weighted, ce_sum, correct, n_masked = sums.tolist()
-    return {"val_loss": weighted / n, "val_ce": ce_sum / max(1, n_masked), "val_acc": correct / max(1, n_masked)}
+    weighted, ce_sum, correct, n_masked, length_correct = sums.tolist()
+    out = {"val_loss": weighted / n, "val_ce": ce_sum / max(1, n_masked), "val_acc": correct / max(1, n_masked)}
+    if model.length_head is not None and view.name == "sentence":
+        out["val_length_acc"] = length_correct / n
+    return out
+
+
+def validation_batches(view, n: int, batch_size: int, by_length: bool) -> list[torch.Tensor]:
+    """The first n samples in batches of batch_size; ``by_length``: grouped by sentence length
+    first (each batch one length, as training sees them)."""
+    idx = torch.arange(n)
+    if not by_length:
+        return list(idx.split(batch_size))
+    order = torch.sort(view.lengths[:n], stable=True).indices  # [n]
+    sizes = torch.unique_consecutive(view.lengths[order], return_counts=True)[1].tolist()
+    return [b for group in order.split(sizes) for b in group.split(batch_size)]
 
 
 class Meter:
@@ -488,6 +607,7 @@ class Meter:
         self.loss = self.ce_sum = self.correct = self.n_masked = 0.0
         self.grad_norm: float | None = None
         self.lr = 0.0
+        self.length_acc: float | None = None
 
     def add(self, s: StepStats, seconds: float) -> None:
         self.steps += 1
@@ -500,6 +620,8 @@ class Meter:
         self.n_masked += s.n_masked.item()
         self.lr = s.lr
         self.grad_norm = None if s.grad_norm is None else s.grad_norm.item()
+        if s.length_acc is not None:
+            self.length_acc = (self.length_acc or 0.0) + s.length_acc.item()
 
     def row(self, step: int, epoch: int, length: int, elapsed: float) -> dict:
         """The log line: means over the steps since the last one (lr and grad_norm of the last step).
@@ -508,7 +630,8 @@ class Meter:
         return {"step": step, "epoch": epoch, "lr": self.lr, "loss": self.loss / max(1, self.steps),
                 "masked_ce": self.ce_sum / masked, "masked_acc": self.correct / masked,
                 "grad_norm": self.grad_norm, "tokens_per_s": self.samples * length / max(self.seconds, 1e-9),
-                "data_share": self.data_s / max(self.seconds, 1e-9), "elapsed": elapsed}
+                "data_share": self.data_s / max(self.seconds, 1e-9), "elapsed": elapsed} | (
+                {} if self.length_acc is None else {"length_acc": self.length_acc / max(1, self.steps)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,6 +742,7 @@ def trainer_state(state: TrainState) -> dict:
         "rng_per_rank": rng,
         "world": state.dist.world,
         "ema_updates": None if state.ema is None else state.ema.updates,
+        "train_seconds": state.clock.spent_s,
     }
 
 
@@ -663,6 +787,7 @@ def restore(state: TrainState, run_dir: Path) -> None:
     restore_rng(ts, state.dist)
     restore_ema(state, last, ts.get("ema_updates"))
     state.step, state.best_val = ts["step"], ts["best_val"]
+    state.clock.spent_s = float(ts.get("train_seconds", 0.0))
 
 
 def restore_rng(ts: dict, dist: DistInfo) -> None:
@@ -823,7 +948,8 @@ class Trainer:
     def meta(self) -> dict:
         return model_meta(self.state.model, self.cfg.shards, self.data.special_ids) | {
             "step": self.state.step, "view": self.data.view, "tokenizer_sha256": self.data.tokenizer_sha256,
-            "ema_decay": self.cfg.ema_decay or None} | (
+            "ema_decay": self.cfg.ema_decay or None, "batching": self.cfg.batching,
+            "diffusion": {"schedule": self.cfg.diffusion.schedule, "kappa": self.cfg.diffusion.kappa}} | (
             {"block_length": self.data.train.length, "block_tail": self.cfg.block_tail, "given": self.cfg.given}
             if self.data.view == "next_block" else {})
 
@@ -875,7 +1001,8 @@ class Trainer:
         bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                    disable=None if self.dist.is_main else True)
         try:
-            while state.step < limit:
+            while state.step < limit and not state.clock.out:
+                iteration = time.perf_counter()
                 began = time.perf_counter()
                 stats = train_step(state, self.data.train, cfg, self.prec, self.device)
                 meter.add(stats, time.perf_counter() - began)
@@ -890,8 +1017,11 @@ class Trainer:
                     self.validate()
                 if _due(state.step, cfg.save_every):
                     self.save_last()
+                self.tick(time.perf_counter() - iteration)
             bar.close()
-            if state.step < max_steps:  # stopped by stop_at: as if killed right after a save
+            if state.clock.out and state.step < max_steps:
+                say(f"time budget of {cfg.optim.max_minutes:g} minutes spent at step {state.step}")
+            if state.step < max_steps and not state.clock.out:  # stopped by stop_at: as if killed right after a save
                 if self.saved_at != state.step:
                     self.save_last()
                 say(f"stopped at step {state.step} of {max_steps}; continue with --resume")
@@ -902,6 +1032,15 @@ class Trainer:
         finally:
             for tracker in self.trackers:
                 tracker.close()
+
+    def tick(self, seconds: float) -> None:
+        """Count one loop iteration against the time budget; every rank takes rank 0's clock, so
+        they agree on the learning rate and on when to stop."""
+        if self.state.clock.budget_s is None:
+            return
+        spent = torch.tensor([self.state.clock.spent_s + seconds if self.dist.is_main else 0.0], dtype=torch.float64)
+        ddp.all_reduce_sum(self.dist, spent)
+        self.state.clock.spent_s = float(spent)
 
     def finish(self) -> None:
         """Final validation and checkpoint; make sure checkpoints/best exists."""

@@ -1,0 +1,148 @@
+"""A decoder whose body is the frozen encoder's own pretrained transformer (``model.init_body:
+encoder``): the masked-diffusion decoder starts from what the encoder already knows about text.
+
+    z [B, Dz] ──MLP──► K prefix vectors [B, K, H] ─┐
+    x_t [B, L] ──word embeddings──► [B, L, H] ──────┴─► encoder embeddings (+positions, norm)
+                                                       └─► the encoder's first n_layers layers
+                                                           └─► hidden [B, L, H] (prefix dropped)
+    logits = LayerNorm(GELU(W h)) @ word_embeddings^T + b      (tied, as in BERT's MLM head)
+
+The prefix MLP's last layer starts at zero, so at step 0 the body sees the plain masked sentence
+and computes exactly its pretrained function. There is no time input: the share of mask tokens in
+the input tells the model how far decoding is (MDLM drops it as well).
+
+Stage 2 never loads the encoder: ``sgdd collect`` stores its weights (``encoder/body.safetensors``)
+and its Hugging Face config (``encoder/body.json``) in the cache, and the body is rebuilt from the
+config with ``transformers.AutoModel.from_config`` — no download, no remote code.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sgdd.models.decoder import ROW_BUCKET, LengthHead
+from sgdd.pipeline.config import DecoderConfig
+from sgdd.pipeline.errors import SgddError
+
+BODY_PREFIX = "body."  # state-dict prefix of the pretrained weights (their own learning rate)
+
+
+def build_body(config: dict, n_layers: int, dropout: float = 0.0) -> nn.Module:
+    """The encoder architecture described by ``config`` (a Hugging Face config dict), randomly
+    initialised, cut to its first ``n_layers`` layers, with dropout ``dropout`` (model.dropout)."""
+    from transformers import AutoConfig, AutoModel
+
+    config = dict(config)
+    model_type = config.pop("model_type", None)
+    if model_type is None:
+        raise SgddError("the stored encoder config (body.json) has no model_type")
+    available = int(config.get("num_hidden_layers", 0))
+    if not 1 <= n_layers <= available:
+        raise SgddError(f"model.n_layers={n_layers}: the encoder has {available} layers to start the body from")
+    config["num_hidden_layers"] = n_layers
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+        if key in config:
+            config[key] = dropout
+    hf_config = AutoConfig.for_model(model_type, **config)
+    hf_config._attn_implementation = "eager"  # faster than SDPA on CPU for sequences of <= 64 tokens
+    return AutoModel.from_config(hf_config, add_pooling_layer=False) if _has_pooler(model_type) \
+        else AutoModel.from_config(hf_config)
+
+
+def _has_pooler(model_type: str) -> bool:
+    return model_type in ("bert", "roberta", "xlm-roberta", "camembert", "electra", "mpnet")
+
+
+def body_state(encoder_state: dict[str, torch.Tensor], body: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder's weights that ``body`` (possibly fewer layers, no pooler) has, by name."""
+    wanted = body.state_dict()
+    missing = [k for k in wanted if k not in encoder_state]
+    if missing:
+        raise SgddError(f"the cache's encoder weights lack {len(missing)} of the body's tensors (e.g. {missing[0]})")
+    return {k: encoder_state[k] for k in wanted}
+
+
+class BodyDecoder(nn.Module):
+    """The decoder interface of :class:`sgdd.models.decoder.Decoder` over a pretrained encoder body:
+    ``condition(z, drop)``, ``forward(x_t, t, z, drop, kv)``, ``logits(hidden)``,
+    ``length_logits(z)``."""
+
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, cond_dim: int, embed_dim: int, mask_id: int,
+                 body_config: dict):
+        super().__init__()
+        self.cfg, self.vocab_size, self.cond_dim, self.mask_id = cfg, vocab_size, cond_dim, mask_id
+        self.body_config = body_config
+        self.body = build_body(body_config, cfg.n_layers, cfg.dropout)
+        H = self.body.config.hidden_size
+        if cfg.d_model is not None and cfg.d_model != H:
+            raise SgddError(f"model.d_model={cfg.d_model}: a body from the encoder has its hidden size {H} "
+                            "(set model.d_model null)")
+        emb = self.body.get_input_embeddings()
+        if tuple(emb.weight.shape) != (vocab_size, embed_dim):
+            raise SgddError(f"the encoder's word embeddings {tuple(emb.weight.shape)} do not fit the cache's "
+                            f"vocabulary ({vocab_size}, {embed_dim})")
+        K = cfg.cond_tokens
+        self.prefix_mlp = nn.Sequential(nn.Linear(cond_dim, H), nn.GELU(), nn.Linear(H, K * H))
+        nn.init.zeros_(self.prefix_mlp[2].weight)  # step 0: the body sees the plain sentence
+        nn.init.zeros_(self.prefix_mlp[2].bias)
+        self.null_cond = nn.Parameter(torch.zeros(cond_dim))  # learned "no condition" vector (CFG)
+        self.head = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H, eps=1e-12))
+        self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.length_head = LengthHead(cond_dim, cfg.max_len) if cfg.length_head else None
+
+    @property
+    def tok_emb(self) -> nn.Embedding:
+        return self.body.get_input_embeddings()
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.tok_emb.weight
+
+    def load_encoder(self, encoder_state: dict[str, torch.Tensor]) -> None:
+        """Start the body from the encoder's pretrained weights (the cache's body.safetensors)."""
+        self.body.load_state_dict({k: v.float() for k, v in body_state(encoder_state, self.body).items()})
+
+    def load_embeddings(self, weight: torch.Tensor) -> None:
+        """The body's embeddings are the encoder's already (:meth:`load_encoder`)."""
+        with torch.no_grad():
+            self.tok_emb.weight.copy_(weight.float())
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def condition(self, z: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """The prefix vectors [B, K, H] of conditions z [B, Dz] (null condition where ``drop``)."""
+        z = z.to(self.null_cond.dtype)
+        if drop is not None:
+            z = torch.where(drop[:, None], self.null_cond.expand_as(z), z)
+        return self.prefix_mlp(z).view(z.shape[0], self.cfg.cond_tokens, -1)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                drop: torch.Tensor | None = None, kv=None) -> torch.Tensor:
+        """x_t [B, L] -> hidden [B, L, H]; ``t`` is accepted for the common interface and unused."""
+        B, L = x_t.shape
+        if L > self.cfg.max_len:
+            raise ValueError(f"sequence length {L} exceeds max_len {self.cfg.max_len}")
+        prefix = self.condition(z, drop) if kv is None else kv  # [B, K, H]
+        words = self.tok_emb(x_t)  # [B, L, H]
+        inputs = torch.cat([prefix.to(words.dtype), words], dim=1)  # [B, K + L, H]
+        out = self.body(inputs_embeds=inputs)  # every position is real: no attention mask
+        return out.last_hidden_state[:, prefix.shape[1]:]  # [B, L, H]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., H] -> [..., V]; the mask token is never predicted. Row selections [M, H] are
+        padded to a multiple of ``ROW_BUCKET`` rows (see ``Decoder.logits``)."""
+        rows = hidden.shape[0] if hidden.dim() == 2 else None
+        if rows is not None and rows % ROW_BUCKET:
+            hidden = F.pad(hidden, (0, 0, 0, ROW_BUCKET - rows % ROW_BUCKET))
+        out = F.linear(self.head(hidden), self.output_weight, self.out_bias)
+        out[..., self.mask_id] = float("-inf")
+        return out if rows is None else out[:rows]
+
+    def length_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """[B, Dz] -> [B, max_len + 1] logits over the sentence's token count (special tokens included)."""
+        if self.length_head is None:
+            raise SgddError("this decoder has no length head (model.length_head false)")
+        return self.length_head(z.to(self.null_cond.dtype))
