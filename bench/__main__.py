@@ -17,18 +17,29 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import collect, collect_llm, decode, scale, train
+from bench import collect, collect_llm, decode, precision, scale, train
 from bench.common import Setup, pick_model, write_corpus
 
-SUITES = ("collect", "collect_llm", "train", "decode", "scale")
+SUITES = ("collect", "collect_llm", "precision", "train", "decode", "scale")
 
 
 def machine() -> dict:
     import torch
 
+    from sgdd.pipeline.runtime import cpu_bf16_native
+
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "processor": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_native": cpu_bf16_native(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        return next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def build_cache(setup: Setup) -> str:
@@ -99,6 +110,10 @@ def main() -> None:
         write_corpus(setup.corpus, n, args.quick)
         results: dict = {"machine": machine(), "quick": args.quick, "n": n, "reps": reps, "model": setup.model,
                          "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        m = results["machine"]
+        print(f"machine: {m['processor']} ({m['cpus']} cores, torch capability {m['cpu_capability']}, native bf16: "
+              f"{'yes' if m['bf16_native'] else 'no'}), {m['threads']} threads, torch {m['torch']}, "
+              f"GPU: {m['cuda'] or 'none'}")
         cache_dir = run_dir = None
         if "collect_llm" in only:
             llm = collect_llm.pick_llm(workdir, args.quick)
@@ -109,8 +124,12 @@ def main() -> None:
         if "collect" in only:
             results["collect"] = collect.run_suite(setup, reps)
             print_suite("collect", results["collect"])
-        if {"train", "decode"} & set(only):
+        if {"precision", "train", "decode"} & set(only):
             cache_dir = build_cache(setup)
+        if "precision" in only:
+            results["precision"] = precision.run_suite(cache_dir, reps, steps=3 if args.quick else 20,
+                                                       warmup=1 if args.quick else 3)
+            print_suite("precision", results["precision"])
         if "train" in only:
             steps = 3 if args.quick else 20
             results["train"] = train.run_suite(setup, reps, cache_dir, steps=steps, warmup=1 if args.quick else 3)

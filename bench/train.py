@@ -23,13 +23,14 @@ DECODER = dict(n_layers=4, d_model=256, n_heads=4, max_len=32)
 BATCH = 64
 
 
-def matmul_peak(shapes: list[tuple[int, int, int]], seconds: float = 0.5) -> float:
-    """Best bf16 matmul throughput (FLOP/s) over the given (m, k, n) shapes."""
+def matmul_peak(shapes: list[tuple[int, int, int]], seconds: float = 0.5, dtype=None) -> float:
+    """Best matmul throughput (FLOP/s) in ``dtype`` (default bf16) over the given (m, k, n) shapes."""
     import torch
 
+    dtype = dtype or torch.bfloat16
     best = 0.0
     for m, k, n in shapes:
-        a, b = torch.randn(m, k, dtype=torch.bfloat16), torch.randn(k, n, dtype=torch.bfloat16)
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
         for _ in range(3):
             a @ b
         reps, start = 0, time.perf_counter()

@@ -81,10 +81,12 @@ class DecoderConfig:
     mlp_ratio: float = doc(4.0, "MLP hidden size as a multiple of d_model.")
     max_len: int = doc(64, "Tokens per generated sentence (sentence view; the next-block view uses block_length).")
     conditioning: str = doc(
-        "cross",
-        "How the condition vector enters: cross (cross-attention to cond_tokens memory slots in every "
-        "block), adaln (AdaLN-Zero: per-block shift/scale/gate from condition + time, gates start at 0) "
-        "or prefix (cond_tokens extra tokens prepended to the self-attention).",
+        "adaln",
+        "How the condition vector enters: adaln (AdaLN-Zero: per-block shift/scale/gate from condition + time, "
+        "gates start at 0; the default: it learned the condition far better than cross-attention in the "
+        "ablations of RESULTS.md), cross (cross-attention to cond_tokens memory slots in every block, the seed's "
+        "choice) or prefix (cond_tokens extra tokens prepended to the self-attention; the only choice with "
+        "init_body encoder).",
     )
     cond_tokens: int = doc(4, "Memory slots (cross) or prefix tokens (prefix) the condition is projected to; adaln uses none.")
     tie_output: bool = doc(
@@ -93,7 +95,9 @@ class DecoderConfig:
         "the base model's LM head when the cache has one (lm_head.safetensors).",
     )
     dropout: float = doc(0.0, "Dropout in attention and MLP outputs.")
-    cond_drop: float = doc(0.1, "Share of training samples whose condition is replaced by the learned null (CFG).")
+    cond_drop: float = doc(0.0, "Share of training samples whose condition is replaced by the learned null, so that "
+                           "classifier-free guidance (eval cfg_scale) has an unconditional model; 0 = no guidance "
+                           "(the seed used 0.1).")
     rope_theta: float = doc(10000.0, "RoPE base.")
     init_body: str = doc(
         "none",
@@ -111,8 +115,9 @@ class DiffusionConfig:
     schedule: str = doc("linear", "Noise schedule alpha(t): linear, cosine, polynomial (1 - t^kappa) or loglinear.")
     kappa: float | None = doc(None, "Exponent of the polynomial schedule (default 2); only with schedule polynomial.")
     loss_weight: str = doc(
-        "elbo",
-        "Per-token loss weight: elbo (-alpha'/(1-alpha); 1/t for linear), ones, path (ones plus "
+        "ones",
+        "Per-token loss weight: ones (plain cross-entropy; the default: lower variance than elbo with "
+        "i.i.d. t, and it won the ablation of RESULTS.md), elbo (-alpha'/(1-alpha); 1/t for linear), path (ones plus "
         "Open-dLLM's exp(-l).detach()*l) or cart (Dream's context-adaptive token-level weights).",
     )
     cart_p: float | None = doc(None, "Geometric-distribution p of the cart weight (default 0.3); only with loss_weight cart.")
@@ -152,6 +157,8 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimizer and schedule."})
     precision: str = doc("auto", "auto (bf16 autocast where the hardware computes bf16 natively and faster: AMX / AVX-512 BF16 CPUs, bf16 GPUs; else fp32), fp32, bf16, fp16.")
     device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
+    compile: bool = doc(False, "Compile the decoder's forward with torch.compile (inductor; needs a C compiler on "
+                        "CPU). Off by default: `python -m bench --only precision` measures whether it wins on a machine.")
     seed: int = doc(0, "Seed for initialisation, data order and noise.")
     eval_every: int = doc(500, "Validation loss every N optimizer steps (0 = only at the end).")
     eval_batches: int = doc(20, "Micro-batches per validation.")

@@ -71,7 +71,7 @@ LM_HEAD_FILE = "lm_head.safetensors"
 NOISE_SEED_OFFSET = 1  # training noise generator: cfg.seed + 1 (data order: cfg.seed)
 RANK_SEED_OFFSET = 1000  # torch RNG (dropout) of rank r > 0: cfg.seed + 1000 r
 # Config fields a resumed run may change: where and how often it reports, nothing it computes.
-RESUME_MAY_CHANGE = ("resume", "log_every", "save_every", "eval_every", "report_to", "device", "init_from")
+RESUME_MAY_CHANGE = ("resume", "log_every", "save_every", "eval_every", "report_to", "device", "init_from", "compile")
 # Decoder fields that may differ from the run --init-from starts from (they change no weight shape).
 INIT_MAY_CHANGE = ("dropout", "cond_drop")
 
@@ -396,6 +396,12 @@ def build_model(cfg: TrainConfig, data: TrainData) -> Decoder:
         say("model.tie_output is true: the output layer is tied to the input embeddings, the base model's "
             "separate LM head is not used (set model.tie_output false to start from it)")
     return model
+
+
+def compile_model(model: nn.Module) -> None:
+    """Compile the decoder's forward in place (state-dict keys unchanged); shapes vary with the
+    batch's length, so they are compiled as dynamic."""
+    model.compile(dynamic=True)
 
 
 def param_groups(model: nn.Module, ocfg: OptimConfig) -> list[dict]:
@@ -928,6 +934,8 @@ class Trainer:
         if self.dist.rank > 0:  # dropout differs per rank; weights and data order do not
             torch.manual_seed(cfg.seed + RANK_SEED_OFFSET * self.dist.rank)
         self.state = new_state(model.to(self.device), cfg, self.data, self.prec, self.device, self.dist)
+        if cfg.compile:
+            compile_model(self.state.model)
         if cfg.resume:
             restore(self.state, self.run_dir)
             say(f"resumed {self.run_dir} at step {self.state.step}")
