@@ -78,7 +78,7 @@ def test_end_to_end_writes_report_samples_trajectories_and_config(tmp_path, tiny
     assert out == run_dir / "eval-test"  # the cache has a test split: it is the default
 
     report = read_report(out)
-    assert list(report["metrics"]) == ["bleu", "sentence_bleu", "exact_match", "token_accuracy"]  # task defaults
+    assert list(report["metrics"]) == ["bleu", "sentence_bleu", "exact_match", "token_accuracy", "bow_f1"]  # task defaults
     assert all(0 <= v <= 100 for v in report["metrics"].values())
     assert (report["split"], report["checkpoint"], report["n"], report["task"]) == ("test", "best", 4, "reconstruction")
     assert report["copy_source"] is None  # only pairs have a source to copy
@@ -247,7 +247,7 @@ def test_paraphrase_metrics_of_a_perfect_decoder(tmp_path, monkeypatch):
     report = read_report(out)
     targets, sources = [p[1] for p in PAIRS], [p[0] for p in PAIRS]
     m = report["metrics"]
-    assert report["task"] == "paraphrase" and list(m) == ["bleu", "bleu_source", "ibleu", "diffuseq_bleu", "distinct_2"]
+    assert report["task"] == "paraphrase" and list(m) == ["bleu", "bleu_source", "ibleu", "diffuseq_bleu", "distinct_2", "bow_f1"]
     assert m["bleu"] == pytest.approx(100) and m["diffuseq_bleu"] == pytest.approx(100)
     assert m["bleu_source"] == pytest.approx(bleu(targets, sources)) and 0 < m["bleu_source"] < 100
     assert m["ibleu"] == pytest.approx(IBLEU_ALPHA * 100 - (1 - IBLEU_ALPHA) * m["bleu_source"])
@@ -265,7 +265,8 @@ def test_paraphrase_diversity_with_several_samples(tmp_path, tiny_encoder_dir):
     cache = build_pair_cache(tmp_path / "pairs", pairs, encoder_dir=tiny_encoder_dir)
     out = evaluate.run(eval_cfg(make_run(tmp_path / "run", cache), candidates=3, temperature=1.0))
     report = read_report(out)
-    assert list(report["metrics"]) == ["bleu", "bleu_source", "ibleu", "diffuseq_bleu", "distinct_2", "self_bleu"]
+    assert list(report["metrics"]) == ["bleu", "bleu_source", "ibleu", "diffuseq_bleu", "distinct_2", "bow_f1",
+                                       "self_bleu"]
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert all(len(r["candidates"]) == 3 and r["output"] == r["candidates"][r["chosen"]] for r in rows)
     assert report["metrics"]["self_bleu"] == pytest.approx(self_bleu([], [], samples=[r["candidates"] for r in rows]))
