@@ -615,8 +615,15 @@ def print_table(report: dict) -> None:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in r["metrics"].items())
         click.echo(f"  {r['setting']}: {scores} | {speed['forward_passes_per_sequence']:.1f} passes/seq, "
                    f"{speed['sequences_per_s']:.1f} {report['unit']}/s")
+        for x in r.get("refinement") or []:
+            click.echo(f"    refinement round {x['round']}: cosine {x['cosine']:.4f}, "
+                       + ", ".join(f"{k} {v:.2f}" for k, v in x["metrics"].items()))
     if report.get("copy_source"):
         click.echo("  copying the source (floor): " + ", ".join(f"{k} {v:.2f}" for k, v in report["copy_source"].items()))
+    v = report.get("validation")
+    if v:
+        click.echo(f"  validation masked accuracy (comparable with Xiao 2026's 81.3%): best {v['best']:.2f}%, "
+                   f"last {v['last']:.2f}%")
 
 
 def write_report_files(out: Path, report: dict, data: EvalData, settings: list[Setting], tokenizer,
