@@ -19,6 +19,7 @@ from sgdd.models.checkpoint import model_meta, save_model
 from sgdd.models.decoder import Decoder
 from sgdd.pipeline.config import DecoderConfig, EvalConfig, from_dict, load_yaml
 from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.runtime import pick_precision
 from sgdd.stages import evaluate
 from tests.helpers import SENTENCES, build_cache
 from tests.helpers_eval import build_pair_cache, build_window_cache, collect_tiny, nearest_decoder
@@ -177,12 +178,13 @@ def test_latest_run_is_the_one_trained_last(tmp_path, tiny_cache, monkeypatch):
             os.utime(f, (stamp, stamp))
     assert evaluate.latest_run(root) == old
     monkeypatch.chdir(tmp_path)
-    # the defaults (auto precision: bf16 autocast on CPU) with guidance and sampling
+    # the defaults (auto precision: what this CPU is measured to run faster) with guidance and sampling
     out = evaluate.run(eval_cfg(None, metrics=["exact_match"], max_samples=2, precision="auto",
                                 cfg_scale=1.5, temperature=0.7, trajectories=0))
     assert out.resolve() == (old / "eval-test").resolve()
     report = read_report(out)
-    assert report["n"] == 2 and report["precision"] == "bf16" and report["forward_passes"] == 4
+    auto = pick_precision("auto", torch.device("cpu")).name
+    assert report["n"] == 2 and report["precision"] == auto and report["forward_passes"] == 4
     assert not (out / "trajectories.txt").exists()
 
 
