@@ -5,7 +5,8 @@ texts (one reference per hypothesis) returns a score, or a dict of named scores.
 metric reads comes as keywords, and ``needs`` says which, so a caller can refuse a metric that
 its task cannot feed before decoding anything:
 
-    ids       pred_ids, ref_ids [N, L] and pad_id        token_accuracy, position_accuracy, acceptance_length
+    ids       pred_ids, ref_ids [N, L], pad_id (and      token_accuracy, position_accuracy, acceptance_length
+              bos_id, eos_id)
     sources   sources: the source sentence of each row   bleu_source, ibleu (pair caches)
     vectors   out_vectors, cond_vectors [N, D]: the       encoder_cosine
               frozen encoder's vector of each output and
@@ -19,6 +20,7 @@ keywords it does not use, so one call site can compute any selection.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -146,22 +148,48 @@ def _check_ids(pred_ids: torch.Tensor, ref_ids: torch.Tensor, name: str) -> None
                         f"got {tuple(pred_ids.shape)} and {tuple(ref_ids.shape)}")
 
 
-def token_accuracy(pred_ids: torch.Tensor, ref_ids: torch.Tensor, pad_id: int) -> float:
-    """Share of reference positions predicted exactly, over all rows.
+def _spans(ref_ids: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions 1..L [L], each row's last non-pad position + 1 [N])."""
+    positions = torch.arange(1, ref_ids.shape[1] + 1, device=ref_ids.device)  # [L]
+    return positions, ((ref_ids != pad_id) * positions).amax(1)
 
-    A row's positions run up to and including its last non-pad token (so the end-of-sentence
-    token counts, the padding after it does not). pred_ids, ref_ids: [N, L].
-    """
-    _check_ids(pred_ids, ref_ids, "token_accuracy")
-    L = ref_ids.shape[1]
-    positions = torch.arange(1, L + 1, device=ref_ids.device)  # [L]
-    length = ((ref_ids != pad_id) * positions).amax(1)  # [N] last non-pad position + 1
-    counted = positions[None] <= length[:, None]  # [N, L]
+
+def _accuracy(pred_ids: torch.Tensor, ref_ids: torch.Tensor, counted: torch.Tensor, name: str) -> float:
     total = int(counted.sum())
     if total == 0:
-        raise SgddError("token_accuracy: every reference row is padding")
+        raise SgddError(f"{name}: no reference row has a position to score")
     correct = int(((pred_ids.to(ref_ids.device) == ref_ids) & counted).sum())
     return 100.0 * correct / total
+
+
+def token_accuracy(pred_ids: torch.Tensor, ref_ids: torch.Tensor, pad_id: int, bos_id: int | None = None,
+                   eos_id: int | None = None) -> float:
+    """Share of the reference's real tokens predicted exactly at their position, over all rows.
+
+    Real tokens are those between the start and the end token: not the start token at position 0
+    (when it is ``bos_id``), not the end token closing the row (when it is ``eos_id``), not the
+    padding after it. A hypothesis of another length is compared at the same positions (its
+    padding never matches a real token). pred_ids, ref_ids: [N, L].
+    """
+    _check_ids(pred_ids, ref_ids, "token_accuracy")
+    positions, length = _spans(ref_ids, pad_id)
+    counted = positions[None] <= length[:, None]  # [N, L] up to the last non-pad token
+    if bos_id is not None:
+        counted[:, 0] &= ref_ids[:, 0] != bos_id
+    if eos_id is not None:
+        last = (length - 1).clamp_min(0)[:, None]  # [N, 1]
+        closes = ref_ids.gather(1, last) == eos_id  # [N, 1]
+        counted &= ~((positions[None] == length[:, None]) & closes)
+    return _accuracy(pred_ids, ref_ids, counted, "token_accuracy")
+
+
+def token_accuracy_with_specials(pred_ids: torch.Tensor, ref_ids: torch.Tensor, pad_id: int) -> float:
+    """The earlier token accuracy: every reference position up to and including the last non-pad
+    token, so the start and end tokens count (the start token is nearly always right, which
+    lifts this figure by ~1 / length). pred_ids, ref_ids: [N, L]."""
+    _check_ids(pred_ids, ref_ids, "token_accuracy_with_specials")
+    positions, length = _spans(ref_ids, pad_id)
+    return _accuracy(pred_ids, ref_ids, positions[None] <= length[:, None], "token_accuracy_with_specials")
 
 
 def _ids_of(name: str, hyps, pred_ids, ref_ids) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,10 +201,42 @@ def _ids_of(name: str, hyps, pred_ids, ref_ids) -> tuple[torch.Tensor, torch.Ten
 
 
 def token_accuracy_metric(hyps: Sequence[str], refs: Sequence[str], *, pred_ids: torch.Tensor | None = None,
-                          ref_ids: torch.Tensor | None = None, pad_id: int | None = None, **_) -> float:
+                          ref_ids: torch.Tensor | None = None, pad_id: int | None = None, bos_id: int | None = None,
+                          eos_id: int | None = None, **_) -> float:
     """Registry entry of :func:`token_accuracy`: the texts are not used, the ids come as keywords."""
     _needs("token_accuracy", pred_ids=pred_ids, ref_ids=ref_ids, pad_id=pad_id)
-    return token_accuracy(*_ids_of("token_accuracy", hyps, pred_ids, ref_ids), pad_id)
+    return token_accuracy(*_ids_of("token_accuracy", hyps, pred_ids, ref_ids), pad_id, bos_id, eos_id)
+
+
+def token_accuracy_with_specials_metric(hyps: Sequence[str], refs: Sequence[str], *,
+                                        pred_ids: torch.Tensor | None = None, ref_ids: torch.Tensor | None = None,
+                                        pad_id: int | None = None, **_) -> float:
+    """Registry entry of :func:`token_accuracy_with_specials`."""
+    _needs("token_accuracy_with_specials", pred_ids=pred_ids, ref_ids=ref_ids, pad_id=pad_id)
+    return token_accuracy_with_specials(*_ids_of("token_accuracy_with_specials", hyps, pred_ids, ref_ids), pad_id)
+
+
+# --------------------------------------------------------------------------------------------
+# a length-robust score
+# --------------------------------------------------------------------------------------------
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (runs of letters, digits and underscores; punctuation dropped)."""
+    return re.findall(r"\w+", text.lower())
+
+
+def bow_f1(hyps: Sequence[str], refs: Sequence[str], **_) -> float:
+    """Mean bag-of-words F1 x 100 of each hypothesis against its reference: lower-cased words
+    counted with multiplicity, precision = shared / hypothesis words, recall = shared / reference
+    words. Word order and the output's length beyond its words do not matter, so a right sentence
+    at a shifted position still scores (unlike token accuracy). Two empty texts score 100."""
+    _check_pairs(hyps, refs)
+    total = 0.0
+    for h, r in zip(hyps, refs):
+        hw, rw = Counter(words(h)), Counter(words(r))
+        shared = sum((hw & rw).values())
+        n_h, n_r = sum(hw.values()), sum(rw.values())
+        total += 1.0 if n_h == n_r == 0 else 2.0 * shared / max(1, n_h + n_r)
+    return 100.0 * total / len(hyps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,8 +326,8 @@ METRICS: dict[str, Metric] = {
     "bleu": Metric(bleu, "sacreBLEU corpus BLEU against the reference"),
     "sentence_bleu": Metric(sentence_bleu, "mean sacreBLEU sentence BLEU"),
     "exact_match": Metric(exact_match, "share of outputs equal to the reference"),
-    "token_accuracy": Metric(token_accuracy_metric, "share of reference tokens predicted at their position",
-                             frozenset({"ids"})),
+    "token_accuracy": Metric(token_accuracy_metric, "share of the reference's real tokens (not start, end or "
+                             "padding) predicted at their position", frozenset({"ids"})),
     "encoder_cosine": Metric(encoder_cosine, "cosine x 100 of the re-encoded output with the condition vector",
                              frozenset({"vectors"})),
     "bleu_source": Metric(bleu_source, "corpus BLEU against the source sentence", frozenset({"sources"})),
@@ -280,6 +340,9 @@ METRICS: dict[str, Metric] = {
     "position_accuracy": Metric(position_accuracy, "top-1 accuracy per block position 1..L", frozenset({"ids"})),
     "acceptance_length": Metric(acceptance_length, "mean tokens per greedy verification (accepted + 1)",
                                 frozenset({"ids"})),
+    "token_accuracy_with_specials": Metric(token_accuracy_with_specials_metric, "the earlier token accuracy: start "
+                                           "and end tokens count too", frozenset({"ids"})),
+    "bow_f1": Metric(bow_f1, "bag-of-words F1 over lower-cased words (length- and order-robust)"),
 }
 
 

@@ -19,6 +19,7 @@ from sgdd.models.checkpoint import model_meta, save_model
 from sgdd.models.decoder import Decoder
 from sgdd.pipeline.config import DecoderConfig, EvalConfig, from_dict, load_yaml
 from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.runtime import pick_precision
 from sgdd.stages import evaluate
 from tests.helpers import SENTENCES, build_cache
 from tests.helpers_eval import build_pair_cache, build_window_cache, collect_tiny, nearest_decoder
@@ -78,7 +79,7 @@ def test_end_to_end_writes_report_samples_trajectories_and_config(tmp_path, tiny
     assert out == run_dir / "eval-test"  # the cache has a test split: it is the default
 
     report = read_report(out)
-    assert list(report["metrics"]) == ["bleu", "sentence_bleu", "exact_match", "token_accuracy"]  # task defaults
+    assert list(report["metrics"]) == ["bleu", "sentence_bleu", "exact_match", "token_accuracy", "bow_f1"]  # task defaults
     assert all(0 <= v <= 100 for v in report["metrics"].values())
     assert (report["split"], report["checkpoint"], report["n"], report["task"]) == ("test", "best", 4, "reconstruction")
     assert report["copy_source"] is None  # only pairs have a source to copy
@@ -177,12 +178,13 @@ def test_latest_run_is_the_one_trained_last(tmp_path, tiny_cache, monkeypatch):
             os.utime(f, (stamp, stamp))
     assert evaluate.latest_run(root) == old
     monkeypatch.chdir(tmp_path)
-    # the defaults (auto precision: bf16 autocast on CPU) with guidance and sampling
+    # the defaults (auto precision: what this CPU is measured to run faster) with guidance and sampling
     out = evaluate.run(eval_cfg(None, metrics=["exact_match"], max_samples=2, precision="auto",
                                 cfg_scale=1.5, temperature=0.7, trajectories=0))
     assert out.resolve() == (old / "eval-test").resolve()
     report = read_report(out)
-    assert report["n"] == 2 and report["precision"] == "bf16" and report["forward_passes"] == 4
+    auto = pick_precision("auto", torch.device("cpu")).name
+    assert report["n"] == 2 and report["precision"] == auto and report["forward_passes"] == 4
     assert not (out / "trajectories.txt").exists()
 
 
@@ -247,7 +249,7 @@ def test_paraphrase_metrics_of_a_perfect_decoder(tmp_path, monkeypatch):
     report = read_report(out)
     targets, sources = [p[1] for p in PAIRS], [p[0] for p in PAIRS]
     m = report["metrics"]
-    assert report["task"] == "paraphrase" and list(m) == ["bleu", "bleu_source", "ibleu", "diffuseq_bleu", "distinct_2"]
+    assert report["task"] == "paraphrase" and list(m) == ["bleu", "bleu_source", "ibleu", "diffuseq_bleu", "distinct_2", "bow_f1"]
     assert m["bleu"] == pytest.approx(100) and m["diffuseq_bleu"] == pytest.approx(100)
     assert m["bleu_source"] == pytest.approx(bleu(targets, sources)) and 0 < m["bleu_source"] < 100
     assert m["ibleu"] == pytest.approx(IBLEU_ALPHA * 100 - (1 - IBLEU_ALPHA) * m["bleu_source"])
@@ -265,7 +267,8 @@ def test_paraphrase_diversity_with_several_samples(tmp_path, tiny_encoder_dir):
     cache = build_pair_cache(tmp_path / "pairs", pairs, encoder_dir=tiny_encoder_dir)
     out = evaluate.run(eval_cfg(make_run(tmp_path / "run", cache), candidates=3, temperature=1.0))
     report = read_report(out)
-    assert list(report["metrics"]) == ["bleu", "bleu_source", "ibleu", "diffuseq_bleu", "distinct_2", "self_bleu"]
+    assert list(report["metrics"]) == ["bleu", "bleu_source", "ibleu", "diffuseq_bleu", "distinct_2", "bow_f1",
+                                       "self_bleu"]
     rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert all(len(r["candidates"]) == 3 and r["output"] == r["candidates"][r["chosen"]] for r in rows)
     assert report["metrics"]["self_bleu"] == pytest.approx(self_bleu([], [], samples=[r["candidates"] for r in rows]))

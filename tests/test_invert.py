@@ -88,3 +88,20 @@ def test_bad_input_gives_one_line_and_exit_1(tmp_path, tiny_cache, collected, wh
 def test_no_text_is_a_usage_error(tmp_path):
     r = CliRunner().invoke(cli, ["invert", "--run", str(tmp_path)])
     assert r.exit_code == 2 and "Missing argument 'TEXTS...'" in r.output
+
+
+def test_invert_refines_with_the_encoder_and_takes_a_length_rule(tmp_path, collected):
+    run_dir = make_run(tmp_path / "run", collected)
+    r = CliRunner().invoke(cli, ["invert", "--run", str(run_dir), "--steps", "4", "--device", "cpu",
+                                 "--precision", "fp32", "--length", "oracle", "--refine", "encoder",
+                                 "--refine-steps", "2", "--refine-candidates", "3", SENTENCES[2]],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "refined:        cosine by round" in r.output and r.output.count("->") == 2
+    (res,) = invert.run(invert_cfg(run_dir, length="oracle", refine="encoder", refine_steps=2, refine_candidates=3),
+                        [SENTENCES[2]])
+    assert res["refinement"] == sorted(res["refinement"]) and res["cosine"] == res["refinement"][-1]
+    tokenizer = open_cache(collected).tokenizer()
+    assert res["length"] == len(tokenizer(SENTENCES[2])["input_ids"])  # oracle: the input's own token count
+    bad = CliRunner().invoke(cli, ["invert", "--run", str(run_dir), "--length", "predicted", "x y"])
+    assert bad.exit_code == 1 and "needs a model trained with a length head" in bad.output

@@ -7,7 +7,8 @@ import torch
 
 from sgdd.metrics import (IBLEU_ALPHA, METRICS, acceptance_length, accepted_tokens, bleu, bleu_source,
                           compute_metrics, cosine, diffuseq_bleu, distinct_n, encoder_cosine, exact_match, get_metric,
-                          ibleu, position_accuracy, self_bleu, sentence_bleu, token_accuracy)
+                          ibleu, position_accuracy, self_bleu, sentence_bleu, token_accuracy,
+                          token_accuracy_with_specials, bow_f1)
 from sgdd.pipeline.errors import SgddError
 
 
@@ -43,23 +44,54 @@ def test_exact_match_ignores_whitespace_runs():
     assert exact_match(["the  cat sat", "a dog", "x"], [" the cat sat ", "a  cat", "x"]) == pytest.approx(200 / 3)
 
 
-def test_token_accuracy_counts_up_to_the_last_reference_token():
-    pad = 1
-    ref = torch.tensor([[0, 5, 6, 2, pad, pad],
-                        [0, 7, 2, pad, pad, pad]])
-    pred = torch.tensor([[0, 5, 9, 2, 3, 3],  # 3 of 4 right; positions after eos do not count
-                         [0, 7, 2, 8, 8, 8]])  # 3 of 3 right
-    assert token_accuracy(pred, ref, pad) == pytest.approx(100 * 6 / 7)
-    assert token_accuracy(ref, ref, pad) == 100.0
-    missed_eos = torch.tensor([[0, 5, 6, pad, pad, pad], [0, 7, 2, pad, pad, pad]])
-    assert token_accuracy(missed_eos, ref, pad) == pytest.approx(100 * 6 / 7)
+def test_token_accuracy_counts_the_real_tokens_only():
+    pad, bos, eos = 1, 0, 2
+    ref = torch.tensor([[bos, 5, 6, eos, pad, pad],
+                        [bos, 7, eos, pad, pad, pad]])
+    pred = torch.tensor([[bos, 5, 9, eos, 3, 3],  # 1 of 2 real tokens right; start, end, padding not counted
+                         [3, 7, 8, 8, 8, 8]])  # 1 of 1 (a wrong start and a missed end do not count)
+    assert token_accuracy(pred, ref, pad, bos, eos) == pytest.approx(100 * 2 / 3)
+    assert token_accuracy(ref, ref, pad, bos, eos) == 100.0
+    only_specials = torch.tensor([[bos, 8, 8, eos, pad, pad], [bos, 8, eos, pad, pad, pad]])
+    assert token_accuracy(only_specials, ref, pad, bos, eos) == 0.0
+    shifted = torch.tensor([[bos, bos, 5, 6, eos, pad], [bos, bos, 7, eos, pad, pad]])  # right words, one late
+    assert token_accuracy(shifted, ref, pad, bos, eos) == 0.0
+    assert bow_f1(["a b c", "x"], ["b c a", "x"]) == 100.0  # bag of words does not see the shift
+
+
+def test_token_accuracy_with_specials_is_the_earlier_figure():
+    pad, bos, eos = 1, 0, 2
+    ref = torch.tensor([[bos, 5, 6, eos, pad, pad],
+                        [bos, 7, eos, pad, pad, pad]])
+    pred = torch.tensor([[bos, 5, 9, eos, 3, 3],  # 3 of 4 right; positions after eos do not count
+                         [bos, 7, eos, 8, 8, 8]])  # 3 of 3 right
+    assert token_accuracy_with_specials(pred, ref, pad) == pytest.approx(100 * 6 / 7)
+    assert token_accuracy(pred, ref, pad, bos, eos) == pytest.approx(100 * 2 / 3)
+    missed_eos = torch.tensor([[bos, 5, 6, pad, pad, pad], [bos, 7, eos, pad, pad, pad]])
+    assert token_accuracy_with_specials(missed_eos, ref, pad) == pytest.approx(100 * 6 / 7)
+    assert token_accuracy(missed_eos, ref, pad, bos, eos) == 100.0  # the end token is not a real token
+    scores = compute_metrics(["token_accuracy", "token_accuracy_with_specials"], ["a", "b"], ["a", "b"],
+                             pred_ids=pred, ref_ids=ref, pad_id=pad, bos_id=bos, eos_id=eos)
+    assert scores == {"token_accuracy": pytest.approx(100 * 2 / 3), "token_accuracy_with_specials": pytest.approx(600 / 7)}
+
+
+def test_bow_f1_hand_values():
+    # "The cat sat." vs "the cat sat on the mat": hyp {the, cat, sat}, ref {the x2, cat, sat, on, mat}
+    # shared 3, precision 3/3, recall 3/6 -> F1 = 2 * 3 / (3 + 6)
+    assert bow_f1(["The cat sat."], ["the cat sat on the mat"]) == pytest.approx(100 * 6 / 9)
+    assert bow_f1(["the the the"], ["the cat"]) == pytest.approx(100 * 2 * 1 / 5)  # counted with multiplicity
+    assert bow_f1(["", "dog"], ["", "cat"]) == pytest.approx(50.0)  # two empty texts agree; disjoint words 0
+    with pytest.raises(SgddError, match="2 hypotheses but 1"):
+        bow_f1(["a", "b"], ["a"])
 
 
 def test_token_accuracy_refuses_bad_input():
     with pytest.raises(SgddError, match="one shape"):
         token_accuracy(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long), 1)
-    with pytest.raises(SgddError, match="padding"):
+    with pytest.raises(SgddError, match="no reference row has a position to score"):
         token_accuracy(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), 1)
+    with pytest.raises(SgddError, match="no reference row has a position to score"):  # start and end only
+        token_accuracy(torch.ones(2, 3, dtype=torch.long), torch.tensor([[0, 2, 1], [0, 2, 1]]), 1, 0, 2)
 
 
 # -- paraphrase ------------------------------------------------------------------------------
@@ -171,6 +203,6 @@ def test_metrics_of_optional_packages_say_so(monkeypatch):
     assert METRICS["diffuseq_bleu"].package == "nltk" and METRICS["bleu"].available()
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nltk" else real(name, *a))
-    assert metrics_for(EvalConfig(), "pairs") == ["bleu", "bleu_source", "ibleu", "distinct_2"]  # defaults adapt
+    assert metrics_for(EvalConfig(), "pairs") == ["bleu", "bleu_source", "ibleu", "distinct_2", "bow_f1"]  # defaults adapt
     with pytest.raises(SgddError, match="metric diffuseq_bleu needs the package nltk: pip install 'sgdd\\[paraphrase\\]'"):
         metrics_for(EvalConfig(metrics=["diffuseq_bleu"]), "pairs")

@@ -12,6 +12,10 @@ keys/values are computed once per sequence, vocabulary logits only at still-open
 conditional and unconditional CFG branches run as one batch, and sequences with nothing left to
 decode drop out of the batch.
 
+The time input of every step is the training time of the current mask share: the t at which the
+training schedule (``noise``, linear by default) masks that share of the positions training could
+mask (all but a given prefix), see :meth:`sgdd.models.diffusion.Schedule.time_of_share`.
+
 The model only has to provide the decoder's interface: ``cfg.max_len``, ``mask_id``,
 ``condition(z, drop) -> kv``, ``model(x_t, t, kv=kv) -> hidden [B, L, d]`` and
 ``logits(hidden_selection) -> [..., V]``.
@@ -26,6 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from sgdd.decoding.samplers import Sampling, choose_tokens, get_confidence, rank_scores
+from sgdd.models.diffusion import Schedule, get_schedule
 from sgdd.pipeline.errors import SgddError
 
 # name -> f(ratio of steps done in [0, 1]) -> share of positions still masked after it (f(0) = 1, f(1) = 0)
@@ -84,10 +89,19 @@ class Trajectory:
     forward_passes: int  # model forward calls over the batch (a CFG step is one batched call)
     passes_per_row: torch.Tensor  # [B] forward calls each sequence took part in
     blocks: list[tuple[int, int]] = field(default_factory=list)  # [lo, hi) of each block, left to right
+    token_logp: torch.Tensor | None = None  # [B, L] log-probability of each token when it was committed (0: not decoded)
 
     @property
     def steps(self) -> int:
         return int(self.committed_at.max()) if self.committed_at.numel() else 0
+
+    def score(self) -> torch.Tensor:
+        """The model's own score of each row [B]: the mean log-probability of the tokens it
+        committed (under the distribution each was chosen from); -inf for a row that decoded nothing."""
+        decoded = self.committed_at > 0  # [B, L]
+        total = torch.where(decoded, self.token_logp.float(), torch.zeros_like(self.token_logp, dtype=torch.float))
+        n = decoded.sum(1)
+        return torch.where(n > 0, total.sum(1) / n.clamp_min(1), torch.full_like(total[:, 0], float("-inf")))
 
 
 def _guide(logits_c: torch.Tensor, logits_u: torch.Tensor, scale: float) -> torch.Tensor:
@@ -138,8 +152,8 @@ def decode(model, z: torch.Tensor, steps: int = 16, schedule: str = "cosine", cf
            temperature: float = 0.0, generator: torch.Generator | None = None, return_trajectory: bool = False,
            *, sampler: str = "maskgit_plus", block_length: int | None = None, tau: float = 0.9, top_k: int = 0,
            top_p: float = 1.0, alg_temp: float = 0.0, cache_condition: bool = True,
-           length: int | None = None, prefix: torch.Tensor | None = None
-           ) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
+           length: int | None = None, prefix: torch.Tensor | None = None, noise: Schedule | None = None,
+           start: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Decode token ids [B, L] from conditions z [B, Dz] with at most ``steps`` forward passes.
 
     The settings are those of :class:`sgdd.decoding.samplers.Sampling`. ``cfg_scale`` w != 0
@@ -150,6 +164,10 @@ def decode(model, z: torch.Tensor, steps: int = 16, schedule: str = "cosine", cf
     ``length``: tokens to generate (default ``model.cfg.max_len``; an MTP head's block length).
     ``prefix`` [B, P]: tokens given at positions 0..P-1 (committed before the first step, never
     changed; e.g. the base model's own next token for an MTP head); the rest is decoded.
+    ``noise``: the training noise schedule, which maps the share still masked to the time input
+    (default linear: t = the share). ``start`` [B, L]: a partly decoded block to finish instead
+    of an all-masked one: its mask tokens are decoded, every other token is kept (not with
+    ``prefix``); each row follows the unmasking schedule over its own number of mask tokens.
     With ``return_trajectory`` also returns a :class:`Trajectory`. The model is put in eval
     mode for the call and restored afterwards.
     """
@@ -160,17 +178,21 @@ def decode(model, z: torch.Tensor, steps: int = 16, schedule: str = "cosine", cf
     model.eval()
     try:
         with torch.no_grad():  # (not inference_mode: under it autocast re-casts every weight at every step)
-            ids, trajectory = _decode(model, z, sampling, generator, cache_condition, length, prefix)
+            ids, trajectory = _decode(model, z, sampling, generator, cache_condition, length, prefix,
+                                      noise or get_schedule("linear"), start)
     finally:
         model.train(was_training)
     return (ids, trajectory) if return_trajectory else ids
 
 
-def _predict(model, cond: Conditioner, x: torch.Tensor, rows: torch.Tensor, open_: torch.Tensor) -> torch.Tensor:
+def _predict(model, cond: Conditioner, x: torch.Tensor, rows: torch.Tensor, open_: torch.Tensor,
+             noise: Schedule, maskable: int) -> torch.Tensor:
     """One forward pass over the batch rows ``rows`` -> logits at their open positions ``open_``
     [R, L] (the vocabulary projection only there): [M, V], with CFG [2M, V] (conditional rows
-    first), in the model's compute dtype."""
-    t = (x == model.mask_id).float().mean(1)  # [R] share still masked
+    first), in the model's compute dtype. The time input is the training time of the share of
+    the ``maskable`` positions still masked."""
+    share = (x == model.mask_id).sum(1).float() / maskable  # [R]
+    t = noise.time_of_share(share)  # [R]
     if cond.guided:
         hidden = cond(model, torch.cat([x, x]), torch.cat([t, t]), rows)  # [2R, L, d]
         return model.logits(hidden[torch.cat([open_, open_])])  # [2M, V]
@@ -185,11 +207,13 @@ def chunk_rows(vocab: int, device: torch.device) -> int:
     return max(1, budget // (4 * vocab))
 
 
-def _choose(logits: torch.Tensor, s: Sampling, guided: bool, confidence, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A token and its confidence [M] per open position from the logits of :func:`_predict`."""
+def _choose(logits: torch.Tensor, s: Sampling, guided: bool, confidence, generator
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A token, its confidence and its log-probability [M] per open position from the logits of
+    :func:`_predict`."""
     M = logits.shape[0] // 2 if guided else logits.shape[0]
     step = chunk_rows(logits.shape[-1], logits.device)
-    tokens, confs = [], []
+    tokens, confs, logps = [], [], []
     for lo in range(0, M, step):
         hi = min(lo + step, M)
         chunk = logits[lo:hi].float()  # [c, V]
@@ -198,7 +222,8 @@ def _choose(logits: torch.Tensor, s: Sampling, guided: bool, confidence, generat
         token, logp = choose_tokens(chunk, s.temperature, s.top_k, s.top_p, generator)  # [c], [c, V]
         tokens.append(token)
         confs.append(confidence(logp, token, generator))
-    return torch.cat(tokens), torch.cat(confs)
+        logps.append(logp.gather(1, token[:, None]).squeeze(1))
+    return torch.cat(tokens), torch.cat(confs), torch.cat(logps)
 
 
 def _commit(open_: torch.Tensor, scores: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -212,14 +237,29 @@ def _commit(open_: torch.Tensor, scores: torch.Tensor, count: torch.Tensor) -> t
     return (rank < count[:, None]) & open_
 
 
+def _row_plans(n_open: torch.Tensor, steps: int, schedule: str) -> torch.Tensor:
+    """Masked positions left after each step [B, S] for rows with ``n_open`` [B] open positions:
+    each row its own :func:`unmask_plan`, 0 once it is done."""
+    plans = {n: unmask_plan(n, steps, schedule) for n in sorted(set(n_open.tolist())) if n > 0}
+    width = max((len(p) for p in plans.values()), default=0)
+    table = torch.zeros(n_open.shape[0], width, dtype=torch.long, device=n_open.device)
+    for n, plan in plans.items():
+        table[n_open == n, :len(plan)] = torch.tensor(plan, device=n_open.device)
+    return table
+
+
 def _decode(model, z: torch.Tensor, s: Sampling, generator, cache_condition: bool, length: int | None,
-            prefix: torch.Tensor | None):
-    B, L, device, mask = z.shape[0], length or model.cfg.max_len, z.device, model.mask_id
+            prefix: torch.Tensor | None, noise: Schedule, start: torch.Tensor | None):
+    B, device, mask = z.shape[0], z.device, model.mask_id
+    L = start.shape[1] if start is not None else (length or model.cfg.max_len)
     if not 1 <= L <= model.cfg.max_len:
         raise SgddError(f"cannot decode {L} tokens with a model of max_len {model.cfg.max_len}")
     P = 0 if prefix is None else prefix.shape[1]
     if prefix is not None and (prefix.shape[0] != B or not 0 <= P < L):
         raise SgddError(f"a prefix of shape {tuple(prefix.shape)} does not fit {B} rows of {L} tokens")
+    if start is not None and (prefix is not None or start.shape[0] != B or (length or L) != L):
+        raise SgddError(f"a start block of shape {tuple(start.shape)} does not fit {B} rows of {length or L} "
+                        "tokens (and takes no prefix)")
     spec, confidence = s.spec, get_confidence(s.spec.confidence)
     blocks = s.blocks(L)
     cond = Conditioner(model, z, guided=s.cfg_scale != 0, cached=cache_condition)  # 1. condition once
@@ -227,28 +267,32 @@ def _decode(model, z: torch.Tensor, s: Sampling, generator, cache_condition: boo
     x = torch.full((B, L), mask, dtype=torch.long, device=device)  # [B, L]
     if P:
         x[:, :P] = prefix.to(device)
+    if start is not None:
+        x = start.to(device=device, dtype=torch.long).clone()
     committed_at = torch.zeros(B, L, dtype=torch.long, device=device)
+    token_logp = torch.zeros(B, L, dtype=torch.float, device=device)
     passes_per_row = torch.zeros(B, dtype=torch.long, device=device)
     calls = 0
     for (lo, hi), block_steps in zip(blocks, share_steps(s.steps, len(blocks))):
         in_block = torch.zeros(L, dtype=torch.bool, device=device)
         in_block[lo:hi] = True
-        for target in unmask_plan(hi - lo, block_steps, s.schedule):
+        plans = _row_plans(((x == mask) & in_block).sum(1), block_steps, s.schedule)  # [B, S]
+        for target in plans.unbind(1):
             # 2. the rows with open (masked, in this block) positions; finished rows are left out
             open_all = (x == mask) & in_block  # [B, L]
             rows = open_all.any(1).nonzero().squeeze(1)  # [R]
             if rows.numel() == 0:
                 break
             xr, open_ = x[rows], open_all[rows]  # [R, L]
-            logits = _predict(model, cond, xr, rows, open_)  # [M or 2M, V]
+            logits = _predict(model, cond, xr, rows, open_, noise, L - P)  # [M or 2M, V]
             calls += 1
             passes_per_row[rows] += 1
 
             # 3. a token per open position; how many to commit; the best-scored ones
-            token, conf = _choose(logits, s, cond.guided, confidence, generator)  # [M], [M]
+            token, conf, logp = _choose(logits, s, cond.guided, confidence, generator)  # [M] each
             scores = rank_scores(conf, s.alg_temp, generator)
             n_open = open_.sum(1)  # [R]
-            count = (n_open - target).clamp(min=1)
+            count = (n_open - target[rows]).clamp(min=1)
             if spec.threshold:
                 sure = conf >= s.tau  # [M]
                 scores = torch.where(sure, torch.full_like(scores, float("inf")), scores)
@@ -259,10 +303,13 @@ def _decode(model, z: torch.Tensor, s: Sampling, generator, cache_condition: boo
             proposal[open_] = token
             x[rows] = torch.where(commit, proposal, xr)
             committed_at[rows] = torch.where(commit, calls, committed_at[rows])
+            proposal_logp = torch.zeros_like(xr, dtype=torch.float)
+            proposal_logp[open_] = logp.float()
+            token_logp[rows] = torch.where(commit, proposal_logp, token_logp[rows])
 
     assert not bool((x == mask).any())
     return x, Trajectory(committed_at=committed_at, forward_passes=calls, passes_per_row=passes_per_row,
-                         blocks=blocks)
+                         blocks=blocks, token_logp=token_logp)
 
 
 def tokens_to_text(ids: torch.Tensor | Sequence[Sequence[int]], tokenizer, special_ids: dict) -> list[str]:

@@ -18,7 +18,7 @@ from sgdd.pipeline.errors import SgddError
 
 # The settings a sweep may vary: everything that changes how (or how often) a row is decoded.
 SWEEPABLE = ("sampler", "steps", "schedule", "block_length", "tau", "temperature", "top_k", "top_p", "alg_temp",
-             "cfg_scale", "candidates", "seed")
+             "cfg_scale", "candidates", "seed", "length")
 
 
 def _scalar(raw: str) -> Any:

@@ -11,6 +11,10 @@ Schedules (``diffusion.schedule``)::
     loglinear    alpha = 1 - (1 - 1e-3) t       (MDLM's log-linear noise sigma = -log(1 - (1 - eps) t):
                                                  never fully masked at t = 1)
 
+``Schedule.time_of_share(s)`` inverts the masking probability: the t at which 1 - alpha(t) = s.
+Decoding feeds it as the time input, so that a sequence with a share s of its maskable positions
+still masked is seen at the time training masked that share.
+
 Loss weights (``diffusion.loss_weight``), applied per masked token to its cross-entropy l::
 
     elbo   -alpha'(t) / (1 - alpha(t)) * l     the continuous-time ELBO (1/t for linear)
@@ -55,6 +59,30 @@ def _loglinear(_: float) -> tuple[Fn, Fn]:
     return (lambda t: 1 - (1 - LOGLINEAR_EPS) * t), (lambda t: torch.full_like(t, -(1 - LOGLINEAR_EPS)))
 
 
+def _share_linear(_: float) -> Fn:
+    return lambda s: s
+
+
+def _share_cosine(_: float) -> Fn:
+    return lambda s: torch.acos((1 - s).clamp(-1, 1)) * (2 / math.pi)
+
+
+def _share_polynomial(kappa: float) -> Fn:
+    return lambda s: s.clamp_min(0) ** (1 / kappa)
+
+
+def _share_loglinear(_: float) -> Fn:
+    return lambda s: (s / (1 - LOGLINEAR_EPS)).clamp(max=1)  # share 1 is never reached: t = 1
+
+
+# name -> f(kappa) -> t(s), the inverse of s = 1 - alpha(t) (clamped to [0, 1])
+TIME_OF_SHARE: dict[str, Callable[[float], Fn]] = {
+    "linear": _share_linear,
+    "cosine": _share_cosine,
+    "polynomial": _share_polynomial,
+    "loglinear": _share_loglinear,
+}
+
 # name -> f(kappa) -> (alpha(t), d alpha / dt)
 SCHEDULES: dict[str, Callable[[float], tuple[Fn, Fn]]] = {
     "linear": _linear,
@@ -82,6 +110,10 @@ class Schedule:
 
     def dalpha(self, t: torch.Tensor) -> torch.Tensor:
         return SCHEDULES[self.name](self.kappa)[1](t)
+
+    def time_of_share(self, share: torch.Tensor) -> torch.Tensor:
+        """The time t in [0, 1] whose masking probability 1 - alpha(t) equals ``share`` (alpha^-1(1 - s))."""
+        return TIME_OF_SHARE[self.name](self.kappa)(share.float().clamp(0, 1)).clamp(0, 1)
 
 
 def get_schedule(name: str, kappa: float | None = None) -> Schedule:

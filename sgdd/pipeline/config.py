@@ -233,6 +233,19 @@ class EvalConfig:
                             "base model's own next token, which its LM head computes in the pass that made "
                             "h_l); position_accuracy and acceptance_length score the drafted positions. "
                             "null = as the run was trained (0 unless it set given).")
+    length: str | None = doc(None, "Sentences: positions decoded per row. max = the model's max_len (it writes the "
+                             "end token and padding itself); predicted = the length head's most likely length; "
+                             "oracle = the reference's length; beam:N = the N most likely lengths decoded, the best "
+                             "kept by the model's mean log-probability (by the encoder's cosine when it is loaded). "
+                             "null = predicted when the model has a length head, else max.")
+    refine: str | None = doc(None, "encoder: after decoding, improve each output with the frozen encoder as judge "
+                             "(remask the least confident tokens, re-decode several candidates, keep one only "
+                             "if it raises the cosine to the condition; loads the encoder). null = off.")
+    refine_steps: int = doc(3, "Refinement rounds with --refine encoder (metrics are reported after each).")
+    refine_candidates: int = doc(8, "Candidates per row and refinement round: candidate c remasks a growing "
+                                    "number of the least confident tokens (up to half of them).")
+    refine_temperature: float = doc(0.7, "Sampling temperature of the re-decoded tokens in refinement (0 = greedy; "
+                                         "the seed makes it reproducible).")
     batch_size: int = doc(128, "Sequences decoded together.")
     precision: str = doc("auto", "auto, fp32, bf16, fp16.")
     device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
@@ -533,6 +546,17 @@ def _check(cfg: Any) -> list[str]:
             p.append(f"max_tokens must be positive, got {cfg.max_tokens}")
         if cfg.given is not None and cfg.given < 0:
             p.append(f"given must be >= 0, got {cfg.given}")
+        from sgdd.decoding.lengths import length_problems
+
+        p += length_problems(cfg.length)
+        if cfg.refine not in (None, "encoder"):
+            p.append(f"refine {cfg.refine!r} unknown (valid: encoder, or null for none)")
+        if cfg.refine_steps < 1:
+            p.append(f"refine_steps must be at least 1, got {cfg.refine_steps}")
+        if cfg.refine_candidates < 1:
+            p.append(f"refine_candidates must be at least 1, got {cfg.refine_candidates}")
+        if cfg.refine_temperature < 0:
+            p.append(f"refine_temperature must be >= 0, got {cfg.refine_temperature}")
         if cfg.precision not in PRECISIONS:
             p.append(f"precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     elif isinstance(cfg, RunConfig):

@@ -40,15 +40,54 @@ def rerank_table(report: dict) -> list[str]:
         c = r.get("candidates")
         if not c:
             continue
+        reranked = c.get("reranked", r["metrics"])
         for metric, first in c["first"].items():
-            rows.append([r["setting"], c["n"], metric, first, r["metrics"][metric], c["gain"][metric]])
+            rows.append([r["setting"], c["n"], metric, first, reranked[metric], c["gain"][metric]])
     return _table(["setting", "candidates", "metric", "first candidate", "reranked", "gain"], rows) if rows else []
+
+
+def refinement_table(report: dict) -> list[str]:
+    """Per setting refined with the encoder: each round's mean cosine, share of rows improved and metrics."""
+    refined = [r for r in report["results"] if r.get("refinement")]
+    if not refined:
+        return []
+    metrics = list(dict.fromkeys(k for r in refined for x in r["refinement"] for k in x["metrics"]))
+    rows = [[r["setting"], x["round"], x["cosine"], None if x["accepted"] is None else 100 * x["accepted"],
+             *(x["metrics"].get(m) for m in metrics)] for r in refined for x in r["refinement"]]
+    return _table(["setting", "round", "cosine", "rows improved %", *metrics], rows)
+
+
+def length_table(report: dict) -> list[str]:
+    rows = [[r["setting"], r["length"]["rule"], r["length"]["mean_decoded"], r["length"]["mean_reference"],
+             r["length"]["exact_share"], (r["length"]["beam"] or {}).get("by", "")]
+            for r in report["results"] if r.get("length")]
+    return _table(["setting", "length", "mean decoded", "mean reference", "exact %", "beam kept by"], rows) \
+        if rows else []
+
+
+def header_facts(report: dict) -> list[str]:
+    """The time input's schedule and the run's validation masked accuracy, as bullet lines."""
+    lines = []
+    t = report.get("time_input")
+    if t:
+        kappa = f", kappa {t['kappa']}" if t.get("kappa") is not None else ""
+        lines.append(f"- decode-time t: the training time of the share still masked under the {t['schedule']} "
+                     f"schedule{kappa} (read from the {t['from']})")
+    v = report.get("validation")
+    if v:
+        at = f", at the checkpoint {v['checkpoint']:.2f}%" if v.get("checkpoint") is not None else ""
+        lines.append(f"- validation masked accuracy (teacher forced at the masked positions; the figure comparable "
+                     f"with Xiao 2026's 81.3%, not a decode): best {v['best']:.2f}% (step {v['best_step']}), "
+                     f"last {v['last']:.2f}% (step {v['last_step']}){at}")
+    return lines
 
 
 def _samples_table(samples: list[dict]) -> list[str]:
     has_source = any("source" in s for s in samples)
-    header = (["source"] if has_source else []) + ["reference", "output"]
-    rows = [([s.get("source", "")] if has_source else []) + [s["reference"], s["output"]]
+    refined = any("before_refinement" in s for s in samples)
+    header = (["source"] if has_source else []) + ["reference"] + (["decoded"] if refined else []) + ["output"]
+    rows = [([s.get("source", "")] if has_source else []) + [s["reference"]]
+            + ([s.get("before_refinement", "")] if refined else []) + [s["output"]]
             for s in samples[:SAMPLES_SHOWN]]
     return _table(header, rows)
 
@@ -65,6 +104,7 @@ def write_markdown(report: dict, out: Path, pictures: dict[str, Path | None], tr
         f"{report['n']} {report['unit']}" + (f", {report['dropped']} left out (longer than the model's length)"
                                               if report.get("dropped") else ""),
         f"- device {report['device']}, precision {report['precision']}, batch size {report['batch_size']}",
+        *header_facts(report),
         f"- reproduce: `sgdd eval --config {out / 'eval-config.yaml'}`",
         "",
         "## Results",
@@ -78,6 +118,16 @@ def write_markdown(report: dict, out: Path, pictures: dict[str, Path | None], tr
         "--candidates every candidate counts). Peak memory: " + first["speed"]["peak_memory_kind"] + ".",
         "",
     ]
+    lengths = length_table(report)
+    if lengths:
+        lines += ["## Length", "", "Positions decoded per row (start and end tokens included) against the "
+                  "reference's length.", "", *lengths, ""]
+    refinement = refinement_table(report)
+    if refinement:
+        lines += ["## Refinement by the encoder", "",
+                  "Round 0 is the decode; each round remasks the least confident tokens of every output, "
+                  "re-decodes several candidates and keeps one only if it raises the cosine to the condition.",
+                  "", *refinement, ""]
     rerank = rerank_table(report)
     if rerank:
         lines += ["## Reranking by the encoder", "",

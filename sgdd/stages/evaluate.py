@@ -9,8 +9,10 @@ The cache's ``kind`` decides the task:
 Writes into ``<run>/eval-<split>/`` (or ``cfg.out``):
 
 - ``report.json``     per setting (one, or one per ``--sweep`` combination): metrics, decoding
-                      settings, forward passes, throughput, peak memory, reranking gain; and which
-                      run / checkpoint / weights / cache / split
+                      settings, forward passes, throughput, peak memory, reranking gain, the
+                      metrics after each refinement round; and which run / checkpoint / weights /
+                      cache / split, the time input's schedule and the run's validation masked
+                      accuracy (the figure comparable with Xiao 2026's 81.3%)
 - ``report.md``       the same as tables, the plots, trajectories and a few samples
 - ``samples.jsonl``   one line per row: id, reference, output (+ source, candidates); with a sweep
                       ``samples-<k>.jsonl`` per setting k = 1, 2, ...
@@ -31,21 +33,26 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import click
 import torch
+import yaml
 from tqdm import tqdm
 
 from sgdd.cache.format import write_json_atomic
 from sgdd.cache.reader import Cache, CacheSplit, open_cache
 from sgdd.cache.views import cache_kind, next_block_view, sentence_view
+from sgdd.decoding.lengths import LengthRule, pad_to, reference_lengths, resolve_length, top_lengths
 from sgdd.decoding.maskgit import decode, share_steps, tokens_to_text
+from sgdd.decoding.refine import refine, refine_sampling, rounds_summary
 from sgdd.decoding.rerank import ReEncoder, cosines_to, rerank
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.sweep import expand_sweep, label
 from sgdd.decoding.trajectory import render_text, trajectory_of
 from sgdd.metrics import compute_metrics, get_metric
 from sgdd.models.checkpoint import MODEL_FILE, load_model
+from sgdd.models.diffusion import Schedule, get_schedule
 from sgdd.pipeline.config import EvalConfig, save_yaml
 from sgdd.pipeline.errors import SgddError
 from sgdd.pipeline.runtime import Precision, default_threads, pick_device, pick_precision, seed_everything
@@ -56,8 +63,8 @@ SPECIAL_KEYS = ("pad_id", "mask_id", "bos_id", "eos_id")
 
 TASKS = {"sentences": "reconstruction", "pairs": "paraphrase", "windows": "mtp"}
 DEFAULT_METRICS = {
-    "sentences": ["bleu", "sentence_bleu", "exact_match", "token_accuracy"],
-    "pairs": ["bleu", "bleu_source", "ibleu", "diffuseq_bleu", "distinct_2"],
+    "sentences": ["bleu", "sentence_bleu", "exact_match", "token_accuracy", "bow_f1"],
+    "pairs": ["bleu", "bleu_source", "ibleu", "diffuseq_bleu", "distinct_2", "bow_f1"],
     "windows": ["position_accuracy", "acceptance_length"],
 }
 # what each kind of cache can feed the metrics (see sgdd.metrics); "samples" comes from --candidates
@@ -152,6 +159,49 @@ def load_checkpoint(ckpt: Path, device: torch.device):
     model, meta = load_model(ckpt)
     meta.setdefault("weights", "model")
     return model.to(device).eval(), meta
+
+
+def training_noise(meta: dict, run_dir: Path) -> tuple[Schedule, str]:
+    """The noise schedule the run was trained with, and where it was read: the checkpoint's
+    ``diffusion`` entry, else the run's config.yaml, else the default (linear)."""
+    entry, source = meta.get("diffusion"), "checkpoint"
+    if not entry:
+        path = run_dir / "config.yaml"
+        try:
+            entry = (yaml.safe_load(path.read_text()) or {}).get("diffusion") if path.is_file() else None
+        except (OSError, yaml.YAMLError, AttributeError):
+            entry = None
+        source = "config.yaml"
+    if not isinstance(entry, dict) or not entry.get("schedule"):
+        return get_schedule("linear"), "default"
+    return get_schedule(entry["schedule"], entry.get("kappa")), source
+
+
+def validation_accuracy(run_dir: Path, step: int | None = None) -> dict | None:
+    """The run's validation masked-token accuracy (teacher forced, at the training noise) from
+    its metrics.jsonl, in percent: best, last and at ``step`` (the evaluated checkpoint). None
+    when the run logged no validation."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("val_acc"), (int, float)):
+                rows.append(row)
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["val_acc"])
+    at = [r for r in rows if step is not None and r.get("step") == step]
+    return {
+        "best": 100.0 * best["val_acc"], "best_step": best.get("step"),
+        "last": 100.0 * rows[-1]["val_acc"], "last_step": rows[-1].get("step"),
+        "checkpoint": 100.0 * at[-1]["val_acc"] if at else None, "checkpoint_step": step,
+        "label": "validation masked accuracy: teacher-forced accuracy at the masked positions, the figure "
+                 "comparable with Xiao 2026's 81.3% (not the accuracy of a full decode)",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,11 +313,15 @@ def copy_source_floor(data: EvalData) -> dict[str, float] | None:
 class Decoded:
     """One decode of every row with one sampling setting and seed."""
 
-    ids: torch.Tensor  # [N, L] on CPU
+    ids: torch.Tensor  # [N, L] on CPU (padded with pad_id after a row's decoded length)
     calls: int  # batched forward calls
-    passes_per_row: torch.Tensor  # [N]
+    passes_per_row: torch.Tensor  # [N] (with a length beam: over all of the row's lengths)
     seconds: float
     committed_at: torch.Tensor  # [K, L] of the first K rows (trajectories)
+    lengths: torch.Tensor | None = None  # [N] positions decoded per row
+    token_logp: torch.Tensor | None = None  # [N, L] log-probability of each token when committed
+    tokens: int = 0  # positions decoded in all (every length of a beam counts)
+    beam: dict | None = None  # with a length beam: how the lengths were chosen
 
 
 def _sync(device: torch.device) -> None:
@@ -276,32 +330,67 @@ def _sync(device: torch.device) -> None:
 
 
 def decode_rows(model, data: EvalData, sampling: Sampling, seed: int, batch_size: int, device: torch.device,
-                precision: Precision, keep: int, desc: str = "decode", given: int = 0) -> Decoded:
+                precision: Precision, keep: int, desc: str = "decode", given: int = 0, noise: Schedule | None = None,
+                lengths: torch.Tensor | None = None, pad_id: int = 0,
+                judge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Decoded:
     """Decode every row of ``data`` in batches of ``batch_size`` with one generator seeded ``seed``;
-    the first ``given`` tokens of each row are taken from the reference."""
+    the first ``given`` tokens of each row are taken from the reference.
+
+    ``lengths``: positions to decode per row, [N] or [N, K] (K candidate lengths per row: the
+    length beam); default ``data.length`` for all. Rows of equal length are decoded together and
+    put back in order. With K > 1 each row keeps the length whose output scores best:
+    ``judge(ids [M, L], rows [M]) -> [M]`` when given (the encoder's cosine), else the model's
+    mean log-probability of its committed tokens."""
     generator = torch.Generator(device=device).manual_seed(seed)
     kwargs = dataclasses.asdict(sampling)
-    ids, passes, committed, calls = [], [], [], 0
-    bar = tqdm(total=len(data), desc=desc, unit="seq", dynamic_ncols=True, leave=False)
+    N, L = len(data), data.length
+    lengths = torch.full((N, 1), L, dtype=torch.long) if lengths is None else lengths.long().cpu()
+    lengths = lengths[:, None] if lengths.dim() == 1 else lengths
+    K = lengths.shape[1]
+    flat = lengths.reshape(-1)  # [N*K]: row i's k-th length at i*K + k
+    src = torch.arange(N).repeat_interleave(K)  # [N*K]
+    ids = torch.full((N * K, L), pad_id, dtype=torch.long)
+    committed = torch.zeros(N * K, L, dtype=torch.long)
+    logp = torch.zeros(N * K, L)
+    passes = torch.zeros(N * K, dtype=torch.long)
+    calls = 0
+    bar = tqdm(total=N * K, desc=desc, unit="seq", dynamic_ncols=True, leave=False)
     _sync(device)
     start = time.perf_counter()
-    for lo in range(0, len(data), batch_size):
-        z = data.cond[lo:lo + batch_size].to(device)  # [B, D]
-        prefix = data.ref_ids[lo:lo + batch_size, :given] if given else None  # [B, given]
-        with precision.autocast():
-            out, traj = decode(model, z, generator=generator, return_trajectory=True, length=data.length,
-                               prefix=prefix, **kwargs)
-        ids.append(out.cpu())
-        passes.append(traj.passes_per_row.cpu())
-        if lo < keep:
-            committed.append(traj.committed_at[: keep - lo].cpu())
-        calls += traj.forward_passes
-        bar.update(z.shape[0])
+    for n in sorted(set(flat.tolist())):
+        members = (flat == n).nonzero().squeeze(1)  # in row order
+        for lo in range(0, members.numel(), batch_size):
+            chunk = members[lo:lo + batch_size]
+            rows = src[chunk]
+            z = data.cond[rows].to(device)  # [B, D]
+            prefix = data.ref_ids[rows, :given] if given else None  # [B, given]
+            with precision.autocast():
+                out, traj = decode(model, z, generator=generator, return_trajectory=True, length=n,
+                                   prefix=prefix, noise=noise, **kwargs)
+            ids[chunk, :n] = out.cpu()
+            committed[chunk, :n] = traj.committed_at.cpu()
+            if traj.token_logp is not None:
+                logp[chunk, :n] = traj.token_logp.float().cpu()
+            passes[chunk] = traj.passes_per_row.cpu()
+            calls += traj.forward_passes
+            bar.update(chunk.numel())
+    beam = None
+    pick = torch.zeros(N, dtype=torch.long)
+    if K > 1:  # keep the best length of each row
+        if judge is not None:
+            scores, by = judge(ids, src).float(), "encoder cosine"
+        else:
+            decoded = committed > 0
+            scores = (logp * decoded).sum(1) / decoded.sum(1).clamp_min(1)
+            by = "model mean log-probability"
+        pick = scores.view(N, K).argmax(1)
+        beam = {"n": K, "by": by, "chosen_rank_share": [float((pick == k).float().mean()) for k in range(K)]}
     _sync(device)
     seconds = time.perf_counter() - start
     bar.close()
-    committed_at = torch.cat(committed) if committed else torch.empty(0, data.length, dtype=torch.long)
-    return Decoded(torch.cat(ids), calls, torch.cat(passes), seconds, committed_at)
+    chosen = torch.arange(N) * K + pick  # [N]
+    return Decoded(ids[chosen], calls, passes.view(N, K).sum(1), seconds, committed[chosen][:keep],
+                   flat[chosen], logp[chosen], int(flat.sum()), beam)
 
 
 def candidate_sampling(cfg: EvalConfig, k: int) -> Sampling:
@@ -334,16 +423,44 @@ class Setting:
     candidates: list[list[str]] | None  # [K][N] texts of every candidate
     chosen: torch.Tensor | None  # [N]
     cos: torch.Tensor | None  # [K, N]
+    lengths: torch.Tensor | None = None  # [N] positions decoded per row (before refinement)
+    refined: tuple[list[str], torch.Tensor] | None = None  # (outputs before refinement, final cosine [N])
+    traj_ids: torch.Tensor | None = None  # [K, L] the first K rows as decoded, when refinement changed ids
+
+
+def decode_lengths(model, data: EvalData, rule: LengthRule, pad_id: int, batch_size: int, device: torch.device,
+                   precision: Precision) -> torch.Tensor | None:
+    """Positions to decode per row under ``rule``: None (max), [N] (predicted, oracle) or [N, K] (beam)."""
+    if rule.mode == "max":
+        return None
+    if rule.mode == "oracle":
+        return reference_lengths(data.ref_ids, pad_id, data.length)
+    out = []
+    for lo in range(0, len(data), batch_size):
+        with precision.autocast():
+            out.append(top_lengths(model, data.cond[lo:lo + batch_size].to(device), rule.beam).cpu())
+    top = torch.cat(out) if out else torch.empty(0, rule.beam, dtype=torch.long)
+    return top[:, 0] if rule.mode == "predicted" else top
 
 
 def evaluate_setting(cfg: EvalConfig, changes: dict, model, data: EvalData, special: dict, tokenizer,
-                     device: torch.device, precision: Precision, reencoder: ReEncoder | None) -> Setting:
+                     device: torch.device, precision: Precision, reencoder: ReEncoder | None,
+                     noise: Schedule | None = None) -> Setting:
     names = metrics_for(cfg, data.kind)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    pad_id = special.get("pad_id") or 0
+    rule = resolve_length(cfg.length, model) if data.kind != "windows" else resolve_length("max", model)
+    lengths = decode_lengths(model, data, rule, pad_id, cfg.batch_size, device, precision)
+
+    def judge(cand_ids: torch.Tensor, cand_rows: torch.Tensor) -> torch.Tensor:
+        vecs = reencoder.encode(to_texts(cand_ids, data.kind, tokenizer, special))
+        return cosines_to([vecs], data.cond[cand_rows])[0]
+
     runs = [decode_rows(model, data, candidate_sampling(cfg, k), cfg.seed + k, cfg.batch_size, device, precision,
                         cfg.trajectories, desc=f"decode {label(changes)}" + (f" #{k + 1}" if cfg.candidates > 1 else ""),
-                        given=cfg.given)
+                        given=cfg.given, noise=noise, lengths=lengths, pad_id=pad_id,
+                        judge=judge if reencoder is not None else None)
             for k in range(cfg.candidates)]
     texts = [to_texts(r.ids, data.kind, tokenizer, special) for r in runs]
 
@@ -357,35 +474,83 @@ def evaluate_setting(cfg: EvalConfig, changes: dict, model, data: EvalData, spec
     ids = torch.stack([r.ids for r in runs])[chosen, rows]  # [N, L]
     hyps = [texts[k][i] for i, k in enumerate(chosen.tolist())]
     committed_at = torch.stack([r.committed_at for r in runs])[chosen[: cfg.trajectories], rows[: cfg.trajectories]]
+    row_lengths = (torch.stack([r.lengths for r in runs])[chosen, rows]
+                   if all(r.lengths is not None for r in runs) else None)
 
     def score(pred_ids, outs, out_vectors):
         return compute_metrics(names, outs, data.refs, pred_ids=pred_ids, ref_ids=data.ref_ids,
-                               pad_id=special.get("pad_id"), sources=data.sources,
+                               pad_id=special.get("pad_id"), bos_id=special.get("bos_id"),
+                               eos_id=special.get("eos_id"), sources=data.sources,
                                samples=[list(s) for s in zip(*texts)] if cfg.candidates > 1 else None,
                                out_vectors=out_vectors, cond_vectors=data.cond, given=cfg.given)
 
-    metrics = score(ids, hyps, torch.stack(vectors)[chosen, rows] if vectors is not None else None)
+    out_vectors = torch.stack(vectors)[chosen, rows] if vectors is not None else None
+    metrics = score(ids, hyps, out_vectors)
+
+    # refinement with the encoder as judge, metrics after every round
+    refinement, refined, refine_seconds, refine_calls, traj_ids = None, None, 0.0, 0, None
+    if cfg.refine == "encoder":
+        start = time.perf_counter()
+        confidence = torch.stack([r.token_logp if r.token_logp is not None else torch.zeros_like(r.ids, dtype=torch.float)
+                                  for r in runs])[chosen, rows]
+
+        def encode(cand_ids: torch.Tensor) -> torch.Tensor:
+            return reencoder.encode(to_texts(cand_ids, data.kind, tokenizer, special))
+
+        history = refine(model, data.cond.to(device), ids, row_lengths if row_lengths is not None
+                         else torch.full((len(data),), data.length), confidence, encode,
+                         rounds=cfg.refine_steps, candidates=cfg.refine_candidates,
+                         sampling=refine_sampling(Sampling.of(cfg), cfg.refine_temperature), noise=noise,
+                         seed=cfg.seed, batch_size=cfg.batch_size, eos_id=special.get("eos_id"),
+                         autocast=precision.autocast)
+        refine_seconds = time.perf_counter() - start
+        refinement = rounds_summary(history)
+        refine_calls = sum(r["forward_passes"] for r in refinement)
+        before = hyps
+        for summary, h in zip(refinement, history):
+            outs = to_texts(h.ids, data.kind, tokenizer, special)
+            summary["metrics"] = score(h.ids, outs, reencoder.encode(outs) if "encoder_cosine" in names else None)
+        traj_ids = ids[: cfg.trajectories].clone()
+        ids, hyps = history[-1].ids, to_texts(history[-1].ids, data.kind, tokenizer, special)
+        metrics = refinement[-1]["metrics"]
+        refined = (before, history[-1].cosine)
+
     seconds = sum(r.seconds for r in runs)
     peak, peak_kind = peak_memory(device)
     result = {
         "setting": label(changes),
         "changes": changes,
         "settings": {**dataclasses.asdict(Sampling.of(cfg)), "seed": cfg.seed, "candidates": cfg.candidates,
-                     "candidate_samplers": list(cfg.candidate_samplers), "metrics": names},
+                     "candidate_samplers": list(cfg.candidate_samplers), "metrics": names, "length": str(rule),
+                     "refine": cfg.refine, **({"refine_steps": cfg.refine_steps,
+                                               "refine_candidates": cfg.refine_candidates,
+                                               "refine_temperature": cfg.refine_temperature}
+                                              if cfg.refine else {})},
         "metrics": metrics,
         "speed": {
-            "forward_passes": sum(r.calls for r in runs),
+            "forward_passes": sum(r.calls for r in runs) + refine_calls,
             "forward_passes_per_sequence": float(sum(r.passes_per_row.float().mean() for r in runs)),
             "decode_seconds": round(seconds, 4),
             "rerank_seconds": round(rerank_seconds, 4),
-            "sequences_per_s": len(data) / max(seconds + (rerank_seconds if cfg.candidates > 1 else 0), 1e-9),
-            "tokens_per_s": len(data) * data.length / max(seconds, 1e-9),
+            "refine_seconds": round(refine_seconds, 4),
+            "sequences_per_s": len(data) / max(seconds + refine_seconds
+                                               + (rerank_seconds if cfg.candidates > 1 else 0), 1e-9),
+            "tokens_per_s": sum(r.tokens for r in runs) / max(seconds, 1e-9),
             "peak_memory_mb": round(peak, 1),
             "peak_memory_kind": peak_kind,
         },
     }
+    if row_lengths is not None and rule.mode != "max":
+        ref_len = reference_lengths(data.ref_ids, pad_id, data.length)
+        result["length"] = {"rule": str(rule), "mean_decoded": float(row_lengths.float().mean()),
+                            "mean_reference": float(ref_len.float().mean()),
+                            "exact_share": 100.0 * float((row_lengths == ref_len).float().mean()),
+                            "beam": runs[0].beam}
+    if refinement is not None:
+        result["refinement"] = refinement
     if cfg.candidates > 1:
         first = score(runs[0].ids, texts[0], vectors[0] if vectors is not None else None)
+        base = refinement[0]["metrics"] if refinement is not None else metrics
         result["candidates"] = {
             "n": cfg.candidates,
             "samplers": [candidate_sampling(cfg, k).sampler for k in range(cfg.candidates)],
@@ -393,10 +558,11 @@ def evaluate_setting(cfg: EvalConfig, changes: dict, model, data: EvalData, spec
             "cosine_first": float(cos[0].mean()) if cos is not None else None,
             "cosine_chosen": float(cos[chosen, rows].mean()) if cos is not None else None,
             "first": first,
-            "gain": {m: metrics[m] - first[m] for m in metrics},
+            "reranked": base,
+            "gain": {m: base[m] - first[m] for m in base},
         }
     return Setting(result, hyps, ids, committed_at, texts if cfg.candidates > 1 else None,
-                   chosen if cfg.candidates > 1 else None, cos)
+                   chosen if cfg.candidates > 1 else None, cos, row_lengths, refined, traj_ids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,7 +574,10 @@ def sample_rows(data: EvalData, s: Setting) -> list[dict]:
         row = {"id": row_id, "reference": ref, "output": hyp}
         if data.sources is not None:
             row["source"] = data.sources[i]
-        if s.cos is not None:
+        if s.refined is not None:
+            row["cosine"] = round(float(s.refined[1][i]), 4)
+            row["before_refinement"] = s.refined[0][i]
+        elif s.cos is not None:
             row["cosine"] = round(float(s.cos[s.chosen[i] if s.chosen is not None else 0, i]), 4)
         if s.candidates is not None:
             row["candidates"] = [c[i] for c in s.candidates]
@@ -428,9 +597,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def trajectories(data: EvalData, s: Setting, tokenizer, special: dict) -> list[tuple[str, object]]:
     """(title, TokenTrajectory) of the first rows of a setting."""
     eos, pad = (None, None) if data.kind == "windows" else (special.get("eos_id"), special.get("pad_id"))
-    return [(f"{data.row_ids[i]}: {data.refs[i]}"[:110],
-             trajectory_of(s.ids[i], s.committed_at[i], tokenizer, eos, pad))
-            for i in range(s.committed_at.shape[0])]
+    ids = s.ids if s.traj_ids is None else s.traj_ids  # the outputs as first decoded (before refinement)
+    shown = []
+    for i in range(s.committed_at.shape[0]):
+        n = int(s.lengths[i]) if s.lengths is not None else s.committed_at.shape[1]
+        row = ids[i]
+        shown.append((f"{data.row_ids[i]}: {data.refs[i]}"[:110],
+                      trajectory_of(row[:n], s.committed_at[i, :n], tokenizer, eos, pad)))
+    return shown
 
 
 def print_table(report: dict) -> None:
@@ -441,8 +615,15 @@ def print_table(report: dict) -> None:
         scores = ", ".join(f"{k} {v:.2f}" for k, v in r["metrics"].items())
         click.echo(f"  {r['setting']}: {scores} | {speed['forward_passes_per_sequence']:.1f} passes/seq, "
                    f"{speed['sequences_per_s']:.1f} {report['unit']}/s")
+        for x in r.get("refinement") or []:
+            click.echo(f"    refinement round {x['round']}: cosine {x['cosine']:.4f}, "
+                       + ", ".join(f"{k} {v:.2f}" for k, v in x["metrics"].items()))
     if report.get("copy_source"):
         click.echo("  copying the source (floor): " + ", ".join(f"{k} {v:.2f}" for k, v in report["copy_source"].items()))
+    v = report.get("validation")
+    if v:
+        click.echo(f"  validation masked accuracy (comparable with Xiao 2026's 81.3%): best {v['best']:.2f}%, "
+                   f"last {v['last']:.2f}%")
 
 
 def write_report_files(out: Path, report: dict, data: EvalData, settings: list[Setting], tokenizer,
@@ -501,14 +682,19 @@ def run(cfg: EvalConfig) -> Path:
                         f"this is a {TASKS[kind]} eval of {data.length}-token rows")
     cfg = dataclasses.replace(cfg, given=given)
     grid = [(changes, dataclasses.replace(s, given=given)) for changes, s in grid]
-    for _, setting in grid:  # enough steps for the blocks of every setting
+    for _, setting in grid:  # enough steps for the blocks of every setting; a length rule and refinement that fit
         share_steps(setting.steps, len(Sampling.of(setting).blocks(data.length)))
-    needs_vectors = any(s.candidates > 1 or "vectors" in get_metric(m).needs
+        if kind == "windows" and (setting.length not in (None, "max") or setting.refine):
+            raise SgddError(f"--length {setting.length} and --refine need a sentence or pair split; "
+                            "an MTP head decodes blocks of a fixed length")
+        resolve_length(setting.length, model)
+    needs_vectors = any(s.candidates > 1 or s.refine or "vectors" in get_metric(m).needs
                         for _, s in grid for m in metrics_for(s, kind))
     reencoder = ReEncoder(cache.encoder_info, device, precision, cfg.batch_size) if needs_vectors else None
+    noise, noise_source = training_noise(meta, run_dir)
 
     seed_everything(cfg.seed)
-    settings = [evaluate_setting(s, changes, model, data, special, tokenizer, device, precision, reencoder)
+    settings = [evaluate_setting(s, changes, model, data, special, tokenizer, device, precision, reencoder, noise)
                 for changes, s in grid]
 
     out = Path(cfg.out) if cfg.out else run_dir / f"eval-{split_name}"
@@ -537,6 +723,9 @@ def run(cfg: EvalConfig) -> Path:
         "sentences_per_s": first["speed"]["sequences_per_s"],
         "results": [s.result for s in settings],
         "copy_source": copy_source_floor(data),
+        "time_input": {"schedule": noise.name, "kappa": noise.kappa if noise.name == "polynomial" else None,
+                       "from": noise_source},
+        "validation": validation_accuracy(run_dir, meta.get("step")),
         "wall_seconds": None,
     }
     resolved = dataclasses.replace(cfg, run=str(run_dir), shards=str(cache.dir), split=split_name, out=str(out))

@@ -16,6 +16,8 @@ import torch
 
 from sgdd.cache import format as fmt
 from sgdd.cache.reader import Cache, open_cache
+from sgdd.decoding.lengths import resolve_length
+from sgdd.decoding.refine import refine, refine_sampling
 from sgdd.decoding.rerank import ReEncoder, cosines_to, rerank
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.trajectory import render_text, trajectory_of
@@ -23,7 +25,7 @@ from sgdd.pipeline.config import EvalConfig
 from sgdd.pipeline.errors import SgddError
 from sgdd.pipeline.runtime import default_threads, pick_device, pick_precision
 from sgdd.stages.evaluate import (SPECIAL_KEYS, EvalData, candidate_sampling, check_encoder_fit, checkpoint_dir,
-                                  decode_rows, latest_run, load_checkpoint, to_texts)
+                                  decode_lengths, decode_rows, latest_run, load_checkpoint, to_texts, training_noise)
 
 
 def stored_dtype(cache: Cache) -> str | None:
@@ -67,27 +69,61 @@ def run(cfg: EvalConfig, texts: list[str]) -> list[dict]:
     encoder = ReEncoder(cache.encoder_info, device, precision)
     vectors = as_stored(encoder.encode(texts), stored_dtype(cache))  # [N, D]
     L = model.cfg.max_len
-    data = EvalData("sentences", vectors, torch.zeros(len(texts), L, dtype=torch.long),
-                    [f"text-{i + 1}" for i in range(len(texts))], list(texts), None, 0, L)
+    pad = special.get("pad_id") or 0
+    # oracle: the input's own token count (start and end tokens included), at most max_len
+    own = [tokenizer(t)["input_ids"][:L] for t in texts]
+    ref_ids = torch.full((len(texts), L), pad, dtype=torch.long)
+    for i, row in enumerate(own):
+        ref_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+    data = EvalData("sentences", vectors, ref_ids, [f"text-{i + 1}" for i in range(len(texts))], list(texts), None, 0, L)
+    rule = resolve_length(cfg.length, model)
+    lengths = decode_lengths(model, data, rule, pad, len(texts), device, precision)
+    noise, _ = training_noise(meta, run_dir)
+
+    def judge(cand_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return cosines_to([encoder.encode(to_texts(cand_ids, "sentences", tokenizer, special))], vectors[rows])[0]
 
     # 2. decode (N candidates) and keep the one closest to the text's vector
     runs = [decode_rows(model, data, candidate_sampling(cfg, k), cfg.seed + k, len(texts), device, precision,
-                        keep=len(texts), desc="invert") for k in range(cfg.candidates)]
+                        keep=len(texts), desc="invert", noise=noise, lengths=lengths, pad_id=pad, judge=judge)
+            for k in range(cfg.candidates)]
     outs = [to_texts(r.ids, "sentences", tokenizer, special) for r in runs]
     cos = cosines_to([encoder.encode(o) for o in outs], vectors)  # [K, N]
     chosen = rerank(cos)
 
+    # 3. refinement with the encoder as judge
+    refined = None
+    if cfg.refine == "encoder":
+        rows = torch.arange(len(texts))
+        ids = torch.stack([r.ids for r in runs])[chosen, rows]
+        history = refine(model, vectors.to(device), ids, torch.stack([r.lengths for r in runs])[chosen, rows],
+                         torch.stack([r.token_logp for r in runs])[chosen, rows],
+                         lambda x: encoder.encode(to_texts(x, "sentences", tokenizer, special)),
+                         rounds=cfg.refine_steps, candidates=cfg.refine_candidates,
+                         sampling=refine_sampling(Sampling.of(cfg), cfg.refine_temperature), noise=noise,
+                         seed=cfg.seed, batch_size=cfg.batch_size, eos_id=special.get("eos_id"),
+                         autocast=precision.autocast)
+        refined = (to_texts(history[-1].ids, "sentences", tokenizer, special), history)
+
     results = []
     for i, text in enumerate(texts):
         k = int(chosen[i])
-        traj = trajectory_of(runs[k].ids[i], runs[k].committed_at[i], tokenizer, special.get("eos_id"),
+        n = int(runs[k].lengths[i])
+        traj = trajectory_of(runs[k].ids[i, :n], runs[k].committed_at[i, :n], tokenizer, special.get("eos_id"),
                              special.get("pad_id"))
         results.append({
             "text": text, "output": outs[k][i], "cosine": round(float(cos[k, i]), 4),
             "forward_passes": int(runs[k].passes_per_row[i]), "candidate": k,
             "candidates": [o[i] for o in outs] if cfg.candidates > 1 else None,
+            "length": int(runs[k].lengths[i]),
             "trajectory": render_text(traj), "_traj": traj,
         })
+        if refined is not None:
+            results[-1].update({
+                "decoded": outs[k][i], "output": refined[0][i],
+                "cosine": round(float(refined[1][-1].cosine[i]), 4),
+                "refinement": [round(float(h.cosine[i]), 4) for h in refined[1]],
+            })
     show(results, Sampling.of(cfg))
     if cfg.out:
         write(Path(cfg.out), results, dataclasses.asdict(Sampling.of(cfg)), str(run_dir))
@@ -101,6 +137,9 @@ def show(results: list[dict], sampling: Sampling) -> None:
     for r in results:
         click.echo("")
         click.echo(f"input:          {r['text']}")
+        if r.get("refinement"):
+            click.echo(f"decoded:        {r['decoded']}")
+            click.echo("refined:        cosine by round " + " -> ".join(f"{c:.3f}" for c in r["refinement"]))
         click.echo(f"reconstruction: {r['output']}")
         extra = f", candidate {r['candidate'] + 1} of {len(r['candidates'])}" if r["candidates"] else ""
         click.echo(f"                cosine {r['cosine']:.3f} to the input's vector, "
