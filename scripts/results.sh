@@ -4,6 +4,7 @@
 # can be stopped and rerun. On a 2-core CPU it takes about 6 core-hours; RESULTS.md ran two or
 # three single-thread jobs side by side (OMP_NUM_THREADS=1), under 3 hours of wall time.
 #   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
+#   bash scripts/results.sh recon-cpu-collect recon-cpu eval-recon-cpu recon-cpu-ablations eval-recon-cpu-ablations
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
@@ -79,6 +80,30 @@ eval_mtp() {  # the whole block drafted, then position 1 given (the base model's
 eval_ablations() {
   for run in runs/abl-base runs/abl-cosine runs/abl-ones runs/abl-adaln runs/abl-base-seed1; do
     $SGDD eval --run $run --split test --max-samples 500 "${RECON_METRICS[@]}" --out $run/eval-test
+  done
+}
+
+# ---- the CPU reconstruction recipe (configs/recon-cpu.yaml) and its ablations at equal wall time ----
+recon_cpu_collect() { $SGDD collect --config configs/recon-cpu.yaml; }
+recon_cpu() {  # the recipe; MINUTES overrides the preset's 120-minute budget
+  train runs/recon-cpu --config configs/recon-cpu.yaml --set optim.max_minutes="${MINUTES:-120}"
+}
+recon_cpu_ablations() {  # each ABL_MINUTES (default 12) minutes, one change from the recipe each
+  local m=${ABL_MINUTES:-12} base=(--config configs/recon-cpu.yaml --set optim.max_minutes="$m" --set eval_every=0)
+  train runs/abl12-recipe "${base[@]}"
+  train runs/abl12-scratch-adaln "${base[@]}" --set model.init_body=none --set model.conditioning=adaln \
+    --set model.n_layers=4 --set model.d_model=256 --set model.n_heads=4
+  train runs/abl12-pads "${base[@]}" --set batching=padded --set model.length_head=false
+  train runs/abl12-iid "${base[@]}" --set diffusion.stratified=false
+}
+eval_recon_cpu() {  # 600 test sentences of <= 32 tokens: one decode of 16 steps, then the encoder as judge
+  local run=runs/recon-cpu common=(--split test --max-samples 600 --steps 16)
+  $SGDD eval --run $run "${common[@]}" --out $run/eval-test
+  $SGDD eval --run $run "${common[@]}" --refine encoder --refine-steps 3 --out $run/eval-test-refine
+}
+eval_recon_cpu_ablations() {
+  for run in runs/abl12-recipe runs/abl12-scratch-adaln runs/abl12-pads runs/abl12-iid; do
+    $SGDD eval --run $run --split test --max-samples 300 --steps 16 --out $run/eval-test
   done
 }
 
