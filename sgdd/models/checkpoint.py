@@ -80,10 +80,10 @@ WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
 
 
 def save_model(directory: str | Path, model: Decoder, meta: dict,
-               ema_weights: dict[str, torch.Tensor] | None = None) -> Path:
+               ema_weights: dict[str, torch.Tensor] | None = None, label: Path | None = None) -> Path:
     """Write ``model.safetensors`` (+ ``ema.safetensors``) + ``model.json`` (with their sha256s)
     into ``directory`` atomically (temp dir + rename). A failed write removes the temp dir and
-    raises SgddError."""
+    raises SgddError naming ``label`` (default ``directory``)."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     try:
@@ -97,7 +97,7 @@ def save_model(directory: str | Path, model: Decoder, meta: dict,
         (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))
     except WRITE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise write_failed(directory, e) from None
+        raise write_failed(label or directory, e) from None
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         os.rename(directory, old)

@@ -600,7 +600,7 @@ def write_checkpoint(directory: Path, model: Decoder, meta: dict, trainer_state:
     staged = directory.with_name(f".{directory.name}.stage-{os.getpid()}")
     if staged.exists():
         shutil.rmtree(staged)
-    save_model(staged, model, meta, None if ema is None else ema.state_dict())
+    save_model(staged, model, meta, None if ema is None else ema.state_dict(), label=directory)
     try:
         if trainer_state is not None:
             torch.save(trainer_state, staged / TRAINER_STATE)
