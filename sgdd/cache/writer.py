@@ -45,7 +45,7 @@ WRITE_ERRORS = (OSError, SafetensorError)
 def io_error(what: str, e: BaseException, hint: str = "") -> SgddError:
     """One line for a failed write: what, why (disk full, read-only, ...), what to do."""
     reason = getattr(e, "strerror", None) or (str(e).splitlines() or [""])[0] or type(e).__name__
-    if "No space left on device" in reason or "StorageFull" in reason:
+    if "No space left on device" in reason or "StorageFull" in reason or "os error 28" in reason:
         reason = "No space left on device"
     return SgddError(f"{what} failed ({reason}){'; ' + hint if hint else ''}")
 
@@ -69,8 +69,12 @@ class DirLock:
                 raise SgddError(f"{self.path.parent} is being written by {holder}; wait for it or choose "
                                 "another --out") from None
             raise io_error(f"locking {self.path}", e) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            raise io_error(f"writing the lock file {self.path}", e) from None
         self.fd: int | None = fd
 
     def release(self) -> None:
@@ -390,9 +394,11 @@ def write_encoder_files(cache_dir: Path, tokenizer: Any, embeddings: torch.Tenso
             shutil.rmtree(final)
         os.rename(tmp, final)
         fmt.fsync_dir(cache_dir)
-    except WRITE_ERRORS as e:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise io_error(f"writing {final}", e) from None
+        if isinstance(e, WRITE_ERRORS) or "(os error" in str(e):  # the tokenizers library's I/O errors
+            raise io_error(f"writing {final}", e) from None
+        raise
     return final
 
 

@@ -769,9 +769,7 @@ def reset_metrics(path: Path, keep_until: int | None) -> None:
 
 def write_config(cfg: TrainConfig, path: Path) -> None:
     """config.yaml, atomically (a kill never leaves half a file for the next resume to read)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    fmt.write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # no temp file stays on failure
 
 
 # --------------------------------------------------------------------------------------------
