@@ -109,7 +109,8 @@ def _set_option(fn: Callable) -> Callable:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn SgddError into one line on stderr and exit status 1 (never a traceback)."""
+    """Turn SgddError into one line on stderr and exit status 1 (never a traceback); so too an
+    OSError no stage turned into one (a full disk met while appending a log line, ...)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -117,6 +118,9 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except SgddError as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from None
 
     return wrapper
 

@@ -86,8 +86,9 @@ def text_vector(text: str, dim: int) -> torch.Tensor:
 
 
 def build_cache(root: Path, splits: dict[str, list[str]] | None = None, dim: int = 16,
-                shard_size: int = 8) -> Path:
-    """A sentence cache written through the real writer, without running an encoder."""
+                shard_size: int = 8, encoder: dict | None = None, settings: dict | None = None) -> Path:
+    """A sentence cache written through the real writer, without running an encoder.
+    ``encoder`` / ``settings`` override fields of encoder.json / of each split's settings."""
     from sgdd.cache import SplitWriter, write_encoder_files
 
     tokenizer = build_tokenizer()
@@ -98,11 +99,11 @@ def build_cache(root: Path, splits: dict[str, list[str]] | None = None, dim: int
         "model": "tiny", "weights_sha256": "0" * 64, "tokenizer_sha256": "1" * 64,
         "vocab_size": len(tokenizer), "embed_dim": embed_dim, "hidden_size": dim,
         "pad_id": tokenizer.pad_token_id, "mask_id": tokenizer.mask_token_id,
-        "bos_id": tokenizer.cls_token_id, "eos_id": tokenizer.sep_token_id,
+        "bos_id": tokenizer.cls_token_id, "eos_id": tokenizer.sep_token_id, **(encoder or {}),
     })
     for split, texts in splits.items():
-        settings = {"model": "tiny", "split": split}
-        with SplitWriter(root / split, settings, {"vectors": ((dim,), "fp32")}) as w:
+        split_settings = {"model": "tiny", "split": split, **(settings or {})}
+        with SplitWriter(root / split, split_settings, {"vectors": ((dim,), "fp32")}) as w:
             for start in range(0, len(texts), shard_size):
                 chunk = texts[start:start + shard_size]
                 ids = [tokenizer(t)["input_ids"] for t in chunk]

@@ -20,6 +20,7 @@ from sgdd.models.ema import EMA
 from sgdd.pipeline.config import DecoderConfig, DiffusionConfig, TrainConfig, load_yaml
 from sgdd.pipeline.errors import SgddError
 from sgdd.stages.train import StepNoise, draw_noise, evaluate, fit, masked_diffusion_loss, run
+from tests.helpers import build_cache
 from tests.helpers_train import one_thread, tiny_cfg  # noqa: F401 (fixture)
 from tests.helpers_views import HIDDEN, build_windows_cache
 
@@ -166,10 +167,7 @@ def test_init_from_refuses_another_decoder_or_cache(tiny_cache, windows_cache, t
     first = fit(tiny_cfg(tiny_cache, tmp_path / "a", **{"optim.max_steps": 1}))
     with pytest.raises(SgddError, match="decoder differs.*model.n_layers: 1 there, 2 here"):
         fit(tiny_cfg(tiny_cache, tmp_path / "b", init_from=str(first.run_dir), **{"model.n_layers": 2}))
-    other = tmp_path / "other"
-    shutil.copytree(tiny_cache, other)
-    info = json.loads((other / "encoder/encoder.json").read_text())
-    (other / "encoder/encoder.json").write_text(json.dumps(info | {"tokenizer_sha256": "f" * 64}))
+    other = build_cache(tmp_path / "other", encoder={"tokenizer_sha256": "f" * 64})  # another tokenizer
     with pytest.raises(SgddError, match="does not fit the run to start from.*tokenizer sha256"):
         fit(tiny_cfg(other, tmp_path / "c", init_from=str(first.run_dir)))
     with pytest.raises(SgddError, match="cond_dim 16 in the checkpoint, 36.*view sentence in the checkpoint, next_block"):

@@ -174,11 +174,38 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def encoder_hashes(encoder_dir: Path) -> dict[str, str]:
+    """sha256 of every file below ``encoder/`` (relative path -> hex digest), recorded in each
+    split's manifest so that readers and ``sgdd cache verify`` notice an edited or damaged file."""
+    check_links(encoder_dir)
+    return {p.relative_to(encoder_dir).as_posix(): file_sha256(p)
+            for p in sorted(encoder_dir.rglob("*")) if p.is_file()}
+
+
+def check_links(root: Path) -> None:
+    """Refuse a symbolic link below ``root`` that points outside it (ValueError). The rule every
+    reader and ``sgdd cache verify`` apply to a shard and to ``encoder/``."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                inside(root, p.relative_to(root).as_posix())
+
+
 def inside(root: Path, rel: str) -> Path:
     """Resolve ``rel`` below ``root``; refuse absolute paths and anything that escapes ``root``."""
     if os.path.isabs(rel):
         raise ValueError(f"path {rel!r} in the cache is absolute; only relative paths are allowed")
     full = (root / rel).resolve()
     if not full.is_relative_to(root.resolve()):
-        raise ValueError(f"path {rel!r} in the cache points outside {root}")
+        link = "" if ".." in Path(rel).parts else " through a symbolic link"
+        raise ValueError(f"path {rel!r} in the cache points outside {root}{link}")
     return full

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import sys
 from functools import cached_property
 from pathlib import Path
 from typing import Sequence
@@ -15,6 +16,7 @@ import pyarrow as pa
 import torch
 import zarr
 from numcodecs.zstd import Zstd
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sgdd.cache import format as fmt
@@ -50,12 +52,45 @@ class CacheSplit:
                 self.shard_dirs.append(fmt.inside(self.dir, s["path"]))
             except ValueError as e:
                 raise SgddError(f"{manifest_path}: {e}") from None
+        self._check_shard_list()
         for meta, d in zip(self.manifest["shards"], self.shard_dirs):
             self._check_shard(meta, d, verify)
 
+    def _check_shard_list(self) -> None:
+        """The manifest's shards against each other and the directory: rows add up to num_rows,
+        shards follow each other without a gap, and every committed shard on disk is listed."""
+        where = self.dir / fmt.MANIFEST
+        row = 0
+        for meta in self.manifest["shards"]:
+            if meta["first_row"] != row:
+                raise SgddError(f"{where}: shard {meta['path']} starts at row {meta['first_row']}, expected {row} "
+                                "(a shard entry is missing or edited; recollect the split)")
+            row += meta["rows"]
+        if row != self.manifest["num_rows"]:
+            raise SgddError(f"{where} says num_rows={self.manifest['num_rows']} but its shards hold {row} rows "
+                            "(edited manifest? recollect the split)")
+        listed = {d.name for d in self.shard_dirs}
+        on_disk = sorted(p.name for p in self.dir.iterdir() if fmt.shard_index(p.name) is not None and p.is_dir())
+        unlisted = [name for name in on_disk if name not in listed]
+        if unlisted:
+            raise SgddError(f"{where} does not list {', '.join(unlisted[:3])}{' ...' if len(unlisted) > 3 else ''} "
+                            "found beside it (a shard entry was removed? recollect the split)")
+
     def _check_shard(self, meta: dict, d: Path, verify: bool | str) -> None:
+        """The same path rules at every level: listed files stay inside the shard, no symbolic
+        link leads out of it. The shard's own shard.json and its arrays' Zarr metadata must agree
+        with the manifest (cheap: small JSON files). Then, with ``verify``, sizes and the rows
+        file's sha256; with ``verify="full"``, the sha256 of every file."""
         if not d.is_dir():
             raise SgddError(f"shard {d} listed in the manifest is missing")
+        try:
+            fmt.check_links(d)
+            paths = {rel: fmt.inside(d, rel) for rel in meta.get("files", {})}
+        except ValueError as e:
+            raise SgddError(f"shard {d}: {e}") from None
+        self._check_shard_meta(meta, d)
+        for name, info in self.manifest["arrays"].items():
+            self._check_array_meta(d, name, info, meta["rows"])
         if not verify:
             return
         if verify == "full" or "files" not in meta:
@@ -63,12 +98,10 @@ class CacheSplit:
             if got != meta["sha256"]:
                 raise SgddError(f"shard {d} is corrupt: checksum {got[:12]}... != {meta['sha256'][:12]}... "
                                 "(recollect the split)")
-            return
+            if "files" not in meta:
+                return
         for rel, size in meta["files"].items():
-            try:
-                path = fmt.inside(d, rel)
-            except ValueError as e:
-                raise SgddError(f"shard {d}: {e}") from None
+            path = paths[rel]
             if not path.is_file() or path.stat().st_size != size:
                 got = path.stat().st_size if path.is_file() else "missing"
                 raise SgddError(f"shard {d} is corrupt: {rel} is {got} bytes, expected {size} "
@@ -76,6 +109,41 @@ class CacheSplit:
         rows = d / fmt.ROWS_FILE
         if fmt.hash_files([rows], d) != meta["rows_sha256"]:
             raise SgddError(f"shard {d} is corrupt: {fmt.ROWS_FILE} does not match its checksum (recollect the split)")
+
+    def _check_shard_meta(self, meta: dict, d: Path) -> None:
+        """The manifest's entry for shard ``d`` against the shard.json committed with it."""
+        path = d / fmt.SHARD_META
+        try:
+            own = json.loads(path.read_text())
+        except FileNotFoundError:
+            return  # shards of early caches carry no shard.json; the checksums still apply
+        except (OSError, ValueError) as e:
+            raise SgddError(f"{path} is unreadable ({type(e).__name__}); recollect the split") from None
+        differ = [k for k in ("rows", "first_row", "sha256", "rows_sha256", "files") if k in own and own[k] != meta.get(k)]
+        if differ:
+            raise SgddError(f"{self.dir / fmt.MANIFEST}: the entry of {d.name} differs from its {fmt.SHARD_META} in "
+                            f"{', '.join(differ)} (edited manifest? recollect the split)")
+
+    def _check_array_meta(self, d: Path, name: str, info: dict, rows: int) -> None:
+        """The manifest's dtype and shape of array ``name`` against the Zarr metadata in shard ``d``."""
+        path = d / fmt.ARRAYS_DIR / name / "zarr.json"
+        try:
+            zmeta = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise SgddError(f"shard {d} has no array {name!r} (the manifest lists it); recollect the split") from None
+        except (OSError, ValueError) as e:
+            raise SgddError(f"{path} is unreadable ({type(e).__name__}); recollect the split") from None
+        dtype = info.get("dtype")
+        if dtype not in fmt.STORED_DTYPES:
+            raise SgddError(f"{self.dir / fmt.MANIFEST}: array {name!r} has dtype {dtype!r} "
+                            f"(valid: {', '.join(fmt.STORED_DTYPES)})")
+        stored = zmeta.get("attributes", {}).get("sgdd_dtype", dtype)
+        if zmeta.get("data_type") != fmt.STORED_DTYPES[dtype][0].name or stored != dtype:
+            raise SgddError(f"{self.dir / fmt.MANIFEST} says array {name!r} is {dtype}, but {d.name} stores "
+                            f"{stored} ({zmeta.get('data_type')}); edited manifest? recollect the split")
+        if zmeta.get("shape") != [rows, *info["row_shape"]]:
+            raise SgddError(f"shard {d}: array {name!r} has shape {zmeta.get('shape')}, the manifest says "
+                            f"{[rows, *info['row_shape']]}")
 
     # -- metadata ------------------------------------------------------------------------------
     @property
@@ -392,8 +460,14 @@ class Cache:
 
     def __init__(self, path: str | Path):
         self.dir = Path(path)
+        if self.dir.exists() and not self.dir.is_dir():
+            raise SgddError(f"{self.dir} is a file, not a cache: give the cache directory (the one holding "
+                            f"{fmt.ENCODER_DIR}/ and one directory per split)")
         if not self.dir.is_dir():
             raise SgddError(f"cache directory {self.dir} does not exist (run `sgdd collect` first)")
+        if (self.dir / fmt.MANIFEST).is_file():
+            raise SgddError(f"{self.dir} is one split of a cache: give the cache directory {self.dir.parent}")
+        self._encoder_checked: bool | None = None
         self.splits = sorted(p.name for p in self.dir.iterdir() if (p / fmt.MANIFEST).is_file())
         if not self.splits:
             if any((p / fmt.COLLECT_STATE).is_file() for p in self.dir.iterdir()):
@@ -411,22 +485,73 @@ class Cache:
 
     @cached_property
     def encoder_info(self) -> dict:
+        self.check_encoder_files()
         path = self.encoder_dir / fmt.ENCODER_META
         if not path.is_file():
             raise SgddError(f"{self.dir} has no {fmt.ENCODER_DIR}/{fmt.ENCODER_META}; recollect it")
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise SgddError(f"{path} is unreadable ({type(e).__name__}); recollect the cache") from None
+
+    def manifests(self) -> dict[str, dict]:
+        """Split name -> its manifest, read as is (CacheSplit checks the shards)."""
+        out = {}
+        for name in self.splits:
+            path = self.dir / name / fmt.MANIFEST
+            try:
+                out[name] = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise SgddError(f"{path} is unreadable ({type(e).__name__}); recollect the split") from None
+        return out
+
+    def check_encoder_files(self) -> bool:
+        """Check ``encoder/`` file by file against the sha256s the manifests record (once per
+        Cache); anything that differs raises SgddError naming the file. A cache written before
+        these were recorded is still read, with a note on stderr; returns False then."""
+        if self._encoder_checked is not None:
+            return self._encoder_checked
+        recorded = {name: m["encoder_files"] for name, m in self.manifests().items() if "encoder_files" in m}
+        if not recorded:
+            print(f"sgdd: note: {self.dir} predates encoder hashes, so {fmt.ENCODER_DIR}/ is not checked "
+                  "(recollect the cache to add them)", file=sys.stderr)
+            self._encoder_checked = False
+            return False
+        if not self.encoder_dir.is_dir():
+            raise SgddError(f"{self.dir} has no {fmt.ENCODER_DIR}/ directory; recollect the cache")
+        try:
+            now = fmt.encoder_hashes(self.encoder_dir)
+        except ValueError as e:
+            raise SgddError(f"{self.encoder_dir}: {e}") from None
+        for split, files in recorded.items():
+            for rel in sorted(set(files) | set(now)):
+                if files.get(rel) != now.get(rel):
+                    what = ("is missing" if rel not in now else "is not listed there" if rel not in files
+                            else "does not match its sha256 there")
+                    raise SgddError(f"{self.encoder_dir / rel} {what} ({split}/{fmt.MANIFEST}); encoder/ was edited "
+                                    "or damaged: recollect the cache")
+        self._encoder_checked = True
+        return True
+
+    def _load_weight(self, path: Path) -> torch.Tensor:
+        self.check_encoder_files()
+        try:
+            return load_file(str(path))["weight"]
+        except (SafetensorError, OSError, KeyError) as e:
+            raise SgddError(f"{path} is unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                            "recollect the cache") from None
 
     def embeddings(self) -> torch.Tensor:
         """The encoder's input-embedding matrix [V, E] (safetensors: nothing is unpickled).
         For a causal LM, V = base vocabulary + 1: the last row is the added mask token."""
-        return load_file(str(self.encoder_dir / fmt.EMBEDDINGS_FILE))["weight"]
+        return self._load_weight(self.encoder_dir / fmt.EMBEDDINGS_FILE)
 
     def lm_head(self) -> torch.Tensor:
         """A causal LM's output layer [base_vocab_size, H] (also when tied to the embeddings)."""
         path = self.encoder_dir / fmt.LM_HEAD_FILE
         if not path.is_file():
             raise SgddError(f"{self.dir} has no {fmt.ENCODER_DIR}/{fmt.LM_HEAD_FILE} (not collected from a causal LM)")
-        return load_file(str(path))["weight"]
+        return self._load_weight(path)
 
     def body(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """The encoder's Hugging Face config and weights, to start a decoder body from."""
@@ -439,6 +564,7 @@ class Cache:
     def tokenizer(self):
         from transformers import AutoTokenizer
 
+        self.check_encoder_files()
         return AutoTokenizer.from_pretrained(str(self.encoder_dir))
 
 

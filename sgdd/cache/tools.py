@@ -53,9 +53,11 @@ def cache_info(path: Path) -> str:
 
 
 def verify_cache(path: Path) -> str:
-    """Hash every file of every shard, check row counts and array shapes shard by shard.
-    Raise SgddError naming the first bad shard; otherwise a one-line summary."""
+    """Hash every file of every shard and of ``encoder/``, check row counts, dtypes and array
+    shapes shard by shard, with the path rules every reader applies. Raise SgddError naming the
+    first bad file or shard; otherwise a one-line summary."""
     cache = Cache(path)
+    encoder = cache.check_encoder_files()
     total = 0
     for name in cache.splits:
         split = CacheSplit(cache.dir / name, verify="full")
@@ -65,4 +67,6 @@ def verify_cache(path: Path) -> str:
         if n != split.num_rows:
             raise SgddError(f"split {name}: {n} rows, manifest says {split.num_rows}")
         total += n
-    return f"ok: {len(cache.splits)} splits, {total} rows, every shard matches its checksum"
+    tail = ("every file of encoder/ matches its sha256" if encoder else
+            "encoder/ NOT checked: this cache predates encoder hashes (recollect it to add them)")
+    return f"ok: {len(cache.splits)} splits, {total} rows, every shard matches its checksum; {tail}"

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 import zarr
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
@@ -37,9 +38,15 @@ def settings_diff(old: dict, new: dict) -> list[str]:
     return diff_dicts(old, new)
 
 
-def io_error(what: str, e: OSError, hint: str = "") -> SgddError:
+# What a failed write raises besides OSError: safetensors reports a full disk as its own error.
+WRITE_ERRORS = (OSError, SafetensorError)
+
+
+def io_error(what: str, e: BaseException, hint: str = "") -> SgddError:
     """One line for a failed write: what, why (disk full, read-only, ...), what to do."""
-    reason = e.strerror or str(e) or type(e).__name__
+    reason = getattr(e, "strerror", None) or (str(e).splitlines() or [""])[0] or type(e).__name__
+    if "No space left on device" in reason or "StorageFull" in reason or "os error 28" in reason:
+        reason = "No space left on device"
     return SgddError(f"{what} failed ({reason}){'; ' + hint if hint else ''}")
 
 
@@ -62,8 +69,12 @@ class DirLock:
                 raise SgddError(f"{self.path.parent} is being written by {holder}; wait for it or choose "
                                 "another --out") from None
             raise io_error(f"locking {self.path}", e) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            raise io_error(f"writing the lock file {self.path}", e) from None
         self.fd: int | None = fd
 
     def release(self) -> None:
@@ -173,7 +184,11 @@ class SplitWriter:
         for p in self.dir.iterdir():
             index = fmt.shard_index(p.name)
             if index is not None and (p / fmt.SHARD_META).is_file():
-                self.committed[index] = json.loads((p / fmt.SHARD_META).read_text())
+                try:
+                    self.committed[index] = json.loads((p / fmt.SHARD_META).read_text())
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise SgddError(f"{p / fmt.SHARD_META} is unreadable ({e}); delete {p} and rerun the same "
+                                    "command to collect that shard again") from None
 
     def _clear(self) -> None:
         for p in self.dir.iterdir():
@@ -245,6 +260,12 @@ class SplitWriter:
             "shards": self.shards,
             **(extra or {}),
         }
+        encoder_dir = self.dir.parent / fmt.ENCODER_DIR
+        if encoder_dir.is_dir():  # what readers check encoder/ against
+            try:
+                manifest["encoder_files"] = fmt.encoder_hashes(encoder_dir)
+            except ValueError as e:
+                raise SgddError(f"{encoder_dir}: {e}") from None
         path = self.dir / fmt.MANIFEST
         try:
             fmt.write_json_atomic(path, manifest)
@@ -373,9 +394,11 @@ def write_encoder_files(cache_dir: Path, tokenizer: Any, embeddings: torch.Tenso
             shutil.rmtree(final)
         os.rename(tmp, final)
         fmt.fsync_dir(cache_dir)
-    except OSError as e:
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise io_error(f"writing {final}", e) from None
+        if isinstance(e, WRITE_ERRORS) or "(os error" in str(e):  # the tokenizers library's I/O errors
+            raise io_error(f"writing {final}", e) from None
+        raise
     return final
 
 

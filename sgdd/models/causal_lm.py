@@ -13,6 +13,8 @@ count from the end of that list.
 
 from __future__ import annotations
 
+import pickle
+
 import torch
 
 from sgdd.models.encoder import ResolvedModel, hub_root, model_fingerprint, resolve_model
@@ -40,6 +42,9 @@ class FrozenCausalLM:
         except ImportError as e:
             raise SgddError(f"cannot load model {name!r}: {str(e).splitlines()[0]} "
                             "(GGUF files need `pip install gguf accelerate`)") from None
+        except pickle.UnpicklingError:
+            raise SgddError(f"cannot load model {name!r}: its pickled weights hold objects other than tensors; "
+                            "sgdd never unpickles those (convert the model to safetensors)") from None
         except (OSError, ValueError, KeyError) as e:
             raise SgddError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
         self.model.eval().requires_grad_(False).to(device)

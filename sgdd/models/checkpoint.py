@@ -11,15 +11,24 @@ A checkpoint directory holds::
 
 ``load_model(dir)`` returns the EMA weights when the checkpoint has them (``prefer_ema=False``
 for the raw weights); ``meta["weights"]`` says which were loaded.
+
+``model.json`` records the sha256 of each safetensors file (``files``); loading a file checks it
+once, so a flipped byte is one line naming the file, never a silently different model. A damaged
+header, a truncated file or an unreadable ``trainer.pt`` are one line too (SgddError).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
+import shutil
+import zipfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sgdd.models.body import BodyDecoder
@@ -30,6 +39,7 @@ from sgdd.pipeline.errors import SgddError
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 MODEL_META = "model.json"
+FILES_KEY = "files"  # model.json: safetensors file name -> sha256
 
 
 def model_meta(model: Decoder, cache_dir: str | Path, special_ids: dict) -> dict:
@@ -49,17 +59,46 @@ def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_failed(what: Path, e: BaseException) -> SgddError:
+    """One line for a checkpoint that could not be written (disk full, read-only, ...)."""
+    reason = getattr(e, "strerror", None) or (str(e).splitlines() or [""])[0] or type(e).__name__
+    if "No space left on device" in reason or "StorageFull" in reason:
+        reason = "No space left on device"
+    return SgddError(f"writing the checkpoint {what} failed ({reason}); the previous checkpoint is kept")
+
+
+# What writing a checkpoint raises on a full or read-only disk: safetensors has its own error and
+# torch.save reports a failed write as RuntimeError.
+WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
+
+
 def save_model(directory: str | Path, model: Decoder, meta: dict,
-               ema_weights: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write ``model.safetensors`` (+ ``ema.safetensors``) + ``model.json`` into ``directory``
-    atomically (temp dir + rename)."""
+               ema_weights: dict[str, torch.Tensor] | None = None, label: Path | None = None) -> Path:
+    """Write ``model.safetensors`` (+ ``ema.safetensors``) + ``model.json`` (with their sha256s)
+    into ``directory`` atomically (temp dir + rename). A failed write removes the temp dir and
+    raises SgddError naming ``label`` (default ``directory``)."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(_cpu_state(model.state_dict()), str(tmp / MODEL_FILE))
-    if ema_weights is not None:
-        save_file(_cpu_state(ema_weights), str(tmp / EMA_FILE))
-    (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        files = {MODEL_FILE: _cpu_state(model.state_dict())}
+        if ema_weights is not None:
+            files[EMA_FILE] = _cpu_state(ema_weights)
+        for name, state in files.items():
+            save_file(state, str(tmp / name))
+        meta = {**meta, FILES_KEY: {name: sha256_of(tmp / name) for name in files}}
+        (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))
+    except WRITE_ERRORS as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(label or directory, e) from None
     if directory.exists():
         old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
         os.rename(directory, old)
@@ -87,7 +126,30 @@ def read_meta(directory: str | Path) -> dict:
     directory = Path(directory)
     if not (directory / MODEL_FILE).is_file() or not (directory / MODEL_META).is_file():
         raise SgddError(f"no checkpoint in {directory} (expected {MODEL_FILE} and {MODEL_META})")
-    return json.loads((directory / MODEL_META).read_text())
+    try:
+        meta = json.loads((directory / MODEL_META).read_text())
+    except (OSError, ValueError) as e:
+        raise SgddError(f"{directory / MODEL_META} is unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("decoder"), dict):
+        raise SgddError(f"{directory / MODEL_META} is not a checkpoint description (no decoder config)")
+    return meta
+
+
+def load_weights(directory: str | Path, name: str, meta: dict | None = None,
+                 device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of ``directory/name``, checked against the sha256 that ``model.json`` records
+    (checkpoints written before it recorded them are read unchecked)."""
+    directory = Path(directory)
+    path = directory / name
+    meta = read_meta(directory) if meta is None else meta
+    expected = (meta.get(FILES_KEY) or {}).get(name)
+    if expected is not None and sha256_of(path) != expected:
+        raise SgddError(f"{path} does not match the sha256 in {MODEL_META} (damaged or edited); "
+                        "refusing to use it")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise SgddError(f"{path} is unreadable ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
 
 
 def load_model(directory: str | Path, map_location: str | torch.device = "cpu",
@@ -96,14 +158,38 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu",
     weights are loaded when the checkpoint has them; ``meta["weights"]`` is "ema" or "model"."""
     directory = Path(directory)
     meta = read_meta(directory)
-    model = build_model(meta)
+    try:
+        model = build_model(meta)
+    except (KeyError, TypeError) as e:
+        raise SgddError(f"{directory / MODEL_META} lacks what rebuilds the decoder ({type(e).__name__}: {e})") from None
     use_ema = prefer_ema and (directory / EMA_FILE).is_file()
-    weights = load_file(str(directory / (EMA_FILE if use_ema else MODEL_FILE)), device=str(map_location))
-    model.load_state_dict(weights)
+    weights = load_weights(directory, EMA_FILE if use_ema else MODEL_FILE, meta, map_location)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise SgddError(f"{directory}: the weights do not fit the decoder {MODEL_META} describes "
+                        f"({str(e).splitlines()[0]})") from None
     return model, {**meta, "weights": "ema" if use_ema else "model"}
 
 
 def load_ema_weights(directory: str | Path) -> dict[str, torch.Tensor] | None:
-    """The EMA weights of a checkpoint, or None when it has none."""
+    """The EMA weights of a checkpoint (checked like ``load_weights``), or None when it has none."""
     path = Path(directory) / EMA_FILE
-    return load_file(str(path)) if path.is_file() else None
+    return load_weights(directory, EMA_FILE) if path.is_file() else None
+
+
+def load_trainer_state(path: str | Path) -> dict:
+    """A ``trainer.pt`` (optimizer, scheduler, RNG, data order) read with ``weights_only=True``:
+    nothing but tensors and plain containers is accepted, and any failure is one line."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise SgddError(f"{path} holds objects other than tensors and plain values; sgdd never unpickles "
+                        "those (refused, nothing was run)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise SgddError(f"{path} is unreadable ({(str(e).splitlines() or [type(e).__name__])[0]}); "
+                        "it is damaged or truncated") from None
+    if not isinstance(state, dict):
+        raise SgddError(f"{path} is not a trainer state (a {type(state).__name__})")
+    return state

@@ -3,6 +3,8 @@ fingerprints, pooling. Only Stage 1 imports this module."""
 
 from __future__ import annotations
 
+import pickle
+
 import hashlib
 import importlib
 import importlib.util
@@ -166,6 +168,9 @@ class FrozenEncoder:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(where)
             self.model = AutoModel.from_pretrained(where)
+        except pickle.UnpicklingError:
+            raise SgddError(f"cannot load model {name!r}: its pickled weights hold objects other than tensors; "
+                            "sgdd never unpickles those (convert the model to safetensors)") from None
         except (OSError, ValueError, KeyError) as e:
             raise SgddError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
         self.model.eval().requires_grad_(False).to(device)
@@ -179,6 +184,16 @@ class FrozenEncoder:
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
+
+    @property
+    def max_positions(self) -> int | None:
+        """Tokens one sequence may hold: the position table, less the offset RoBERTa-style
+        models give positions (they start after the padding index)."""
+        n = getattr(self.model.config, "max_position_embeddings", None)
+        offset = getattr(getattr(self.model, "embeddings", None), "padding_idx", None)
+        if n is not None and isinstance(offset, int):
+            n -= offset + 1
+        return n
 
     def special_ids(self) -> dict:
         tok = self.tokenizer

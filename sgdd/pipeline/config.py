@@ -188,6 +188,8 @@ class TrainConfig:
         "on the tokens that exist; the missing ones are mask tokens that are never scored).",
     )
     init_from: str | None = doc(None, "Start from the weights of this run (its best checkpoint, EMA if saved) or checkpoint directory.")
+    allow_foreign_cache: bool = doc(False, "Resume or --init-from with a cache whose encoder identity (weights, "
+                                    "tokenizer, pooling, layer, stored dtype, precision) differs from the run's.")
     ema_decay: float = doc(0.0, "Keep an exponential moving average of the weights (e.g. 0.999; 0 = off); eval uses it.")
     report_to: list[str] = doc([], "Also log to tensorboard and/or wandb (metrics.jsonl is always written).")
 
@@ -199,6 +201,8 @@ class TrainConfig:
 class EvalConfig:
     run: str | None = doc(None, "Run directory; default the most recently modified one under runs/.")
     shards: str | None = doc(None, "Cache directory; default the one the run was trained on.")
+    allow_foreign_cache: bool = doc(False, "Use a cache whose encoder identity (weights, tokenizer, pooling, "
+                                    "layer, stored dtype, precision) differs from the one the run was trained on.")
     split: str | None = doc(None, "Split to decode; default test if the cache has it, else validation.")
     checkpoint: str = doc("best", "Checkpoint to load: best or last.")
     sampler: str = doc(
@@ -390,7 +394,11 @@ def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise SgddError(f"--set expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:  # e.g. a !!python/object tag: never constructed
+            reason = str(e).splitlines()[0]
+            raise SgddError(f"--set {item!r}: the value is not a plain YAML scalar or list ({reason})") from None
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
                 value = float(value)

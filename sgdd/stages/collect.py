@@ -73,6 +73,10 @@ class SentenceMode:
 
     def __init__(self, cfg: CollectConfig, model, source: Source):
         self.cfg, self.model, self.source = cfg, model, source
+        limit = getattr(model, "max_positions", None)
+        if limit is not None and cfg.max_tokens > limit:
+            raise SgddError(f"--max-tokens {cfg.max_tokens} exceeds the encoder's {limit} positions; "
+                            f"use --max-tokens {limit} or less")
         self.layer = cfg.layer if cfg.hidden_states else None
         self.shard_size = cfg.shard_size or SHARD_SIZES[self.kind]
         self.batch_size = cfg.batch_size or BATCH_SIZES[self.kind]

@@ -41,6 +41,7 @@ import yaml
 from tqdm import tqdm
 
 from sgdd.cache.format import write_json_atomic
+from sgdd.cache.identity import check_identity, encoder_identity
 from sgdd.cache.reader import Cache, CacheSplit, open_cache
 from sgdd.cache.views import cache_kind, next_block_view, sentence_view
 from sgdd.decoding.lengths import LengthRule, pad_to, reference_lengths, resolve_length, top_lengths
@@ -670,6 +671,7 @@ def run(cfg: EvalConfig) -> Path:
     split_name = cfg.split or default_split(cache)
     split = cache.split(split_name)
     check_fit(model, meta, cache, split)
+    check_identity(meta, encoder_identity(cache, split_name), cache.dir, f"run {run_dir}", cfg.allow_foreign_cache)
     kind = cache_kind(split)
     for _, setting in grid:
         metrics_for(setting, kind)  # refuse a metric the task cannot feed before decoding

@@ -15,6 +15,7 @@ import click
 import torch
 
 from sgdd.cache import format as fmt
+from sgdd.cache.identity import check_identity, encoder_identity
 from sgdd.cache.reader import Cache, open_cache
 from sgdd.decoding.lengths import resolve_length
 from sgdd.decoding.refine import refine, refine_sampling
@@ -28,13 +29,16 @@ from sgdd.stages.evaluate import (SPECIAL_KEYS, EvalData, candidate_sampling, ch
                                   decode_lengths, decode_rows, latest_run, load_checkpoint, to_texts, training_noise)
 
 
+def vector_split(cache: Cache) -> str | None:
+    """The first split that stores sentence vectors (None when none does)."""
+    return next((name for name, m in cache.manifests().items() if "vectors" in m.get("arrays", {})), None)
+
+
 def stored_dtype(cache: Cache) -> str | None:
-    """The dtype the cache's sentence vectors are stored in (None when no split has any)."""
-    for name in cache.splits:
-        vectors = cache.split(name, verify=False).manifest["arrays"].get("vectors")
-        if vectors is not None:
-            return vectors["dtype"]
-    return None
+    """The dtype the cache's sentence vectors are stored in (None when no split has any); the
+    split is opened, so its manifest is checked against the Zarr metadata first."""
+    name = vector_split(cache)
+    return None if name is None else cache.split(name, verify=False).manifest["arrays"]["vectors"]["dtype"]
 
 
 def as_stored(vectors: torch.Tensor, dtype: str | None) -> torch.Tensor:
@@ -62,6 +66,7 @@ def run(cfg: EvalConfig, texts: list[str]) -> list[dict]:
         problems.append(f"its encoder gives {cache.encoder_info['hidden_size']}-d vectors, the model takes {model.cond_dim}")
     if problems:
         raise SgddError(f"cache {cache.dir} does not fit the model: " + "; ".join(problems))
+    check_identity(meta, encoder_identity(cache, vector_split(cache)), cache.dir, f"run {run_dir}", cfg.allow_foreign_cache)
     special = {**{k: cache.encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
     tokenizer = cache.tokenizer()
 

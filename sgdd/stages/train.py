@@ -43,11 +43,12 @@ import yaml
 from tqdm import tqdm
 
 from sgdd.cache import format as fmt
+from sgdd.cache.identity import check_identity, encoder_identity
 from sgdd.cache.reader import Cache, CacheSplit, open_cache
 from sgdd.cache.views import check_view, next_block_view, sentence_view, view_for
-from sgdd.models.checkpoint import (MODEL_FILE, MODEL_META, load_ema_weights, load_model, model_meta,
-                                    read_meta, save_model)
 from sgdd.models.body import BODY_PREFIX, BodyDecoder
+from sgdd.models.checkpoint import (MODEL_FILE, MODEL_META, WRITE_ERRORS, load_ema_weights, load_model,
+                                    load_trainer_state, model_meta, read_meta, save_model, write_failed)
 from sgdd.models.decoder import Decoder
 from sgdd.models.diffusion import (DEFAULT_CART_P, IGNORE_INDEX, TokenLossInputs, apply_mask, get_schedule, sample_noise,
                                    weighted_token_loss)
@@ -71,7 +72,8 @@ LM_HEAD_FILE = "lm_head.safetensors"
 NOISE_SEED_OFFSET = 1  # training noise generator: cfg.seed + 1 (data order: cfg.seed)
 RANK_SEED_OFFSET = 1000  # torch RNG (dropout) of rank r > 0: cfg.seed + 1000 r
 # Config fields a resumed run may change: where and how often it reports, nothing it computes.
-RESUME_MAY_CHANGE = ("resume", "log_every", "save_every", "eval_every", "report_to", "device", "init_from", "compile")
+RESUME_MAY_CHANGE = ("resume", "log_every", "save_every", "eval_every", "report_to", "device", "init_from", "out", "name",
+                     "allow_foreign_cache", "compile")
 # Decoder fields that may differ from the run --init-from starts from (they change no weight shape).
 INIT_MAY_CHANGE = ("dropout", "cond_drop")
 
@@ -101,6 +103,7 @@ class TrainData:
     cond_dim: int
     hidden_size: int  # the encoder's / base model's hidden size (d_model: null)
     info: dict  # encoder.json
+    identity: dict = field(default_factory=dict)  # the encoder behind the training split (sgdd.cache.identity)
     body: tuple[dict, dict] | None = None  # the encoder's HF config and weights (model.init_body: encoder)
 
     @property
@@ -173,12 +176,14 @@ def load_data(cfg: TrainConfig) -> TrainData:
     body = cache.body() if cfg.model.init_body == "encoder" else None
     if cfg.batching == "by_length" and view != "sentence":
         raise SgddError(f"batching by_length is for the sentence view (this cache trains the {view} view)")
-    return TrainData(view, train, val, embeddings, lm_head, ids, vocab_size, train.cond_dim, hidden_size, info, body)
+    return TrainData(view, train, val, embeddings, lm_head, ids, vocab_size, train.cond_dim, hidden_size, info,
+                     encoder_identity(cache, cfg.train_split), body)
 
 
-def check_cache_fits(meta: dict, data: TrainData, cache_dir: str, what: str) -> None:
+def check_cache_fits(meta: dict, data: TrainData, cache_dir: str, what: str, allow_foreign: bool = False) -> None:
     """Refuse a cache whose condition size, vocabulary, tokenizer or view differ from those of the
-    checkpoint ``meta`` (to resume or to start from), before any step."""
+    checkpoint ``meta`` (to resume or to start from), before any step; then one whose encoder
+    identity differs (unless ``allow_foreign``)."""
     problems = []
     for key, now in (("cond_dim", data.cond_dim), ("vocab_size", data.vocab_size),
                      ("embed_dim", data.embeddings.shape[1]), ("mask_id", data.special_ids["mask_id"])):
@@ -191,6 +196,7 @@ def check_cache_fits(meta: dict, data: TrainData, cache_dir: str, what: str) -> 
         problems.append(f"view {meta['view']} in the checkpoint, {data.view} for this cache")
     if problems:
         raise SgddError(f"cache {cache_dir} does not fit {what}: " + "; ".join(problems))
+    check_identity(meta, data.identity, cache_dir, what, allow_foreign)
 
 
 # --------------------------------------------------------------------------------------------
@@ -723,10 +729,14 @@ def write_checkpoint(directory: Path, model: Decoder, meta: dict, trainer_state:
     staged = directory.with_name(f".{directory.name}.stage-{os.getpid()}")
     if staged.exists():
         shutil.rmtree(staged)
-    save_model(staged, model, meta, None if ema is None else ema.state_dict())
-    if trainer_state is not None:
-        torch.save(trainer_state, staged / TRAINER_STATE)
-    fmt.fsync_tree(staged)
+    save_model(staged, model, meta, None if ema is None else ema.state_dict(), label=directory)
+    try:
+        if trainer_state is not None:
+            torch.save(trainer_state, staged / TRAINER_STATE)
+        fmt.fsync_tree(staged)
+    except WRITE_ERRORS as e:  # a full disk: nothing half-written stays behind
+        shutil.rmtree(staged, ignore_errors=True)
+        raise write_failed(directory, e) from None
     _swap_in(staged, directory)
     return directory
 
@@ -773,12 +783,18 @@ def from_meta_decoder(meta: dict) -> DecoderConfig:
 
 
 def restore(state: TrainState, run_dir: Path) -> None:
-    """Load weights, EMA and trainer state from ``checkpoints/last`` into ``state``."""
+    """Load weights, EMA and trainer state from ``checkpoints/last`` into ``state``. A damaged
+    file is refused; resume never falls back to ``best`` on its own (the step, optimizer and
+    data order of ``best`` are not saved), the message says how to start from it instead."""
     last = checkpoint_dir(run_dir, LAST)
-    saved, meta = load_model(last, prefer_ema=False)
+    try:
+        saved, meta = load_model(last, prefer_ema=False)
+        ts = load_trainer_state(last / TRAINER_STATE)
+    except SgddError as e:
+        raise SgddError(f"cannot resume: {e}; to continue from checkpoints/{BEST} instead, start a new run "
+                        f"with --init-from {checkpoint_dir(run_dir, BEST)}") from None
     check_compatible(meta, state.model, last)
     state.model.load_state_dict(saved.state_dict())
-    ts = torch.load(last / TRAINER_STATE, map_location="cpu", weights_only=True)
     if ts.get("version") not in (1, TRAINER_STATE_VERSION):
         raise SgddError(f"{last / TRAINER_STATE} has version {ts.get('version')!r}; this sgdd reads 1 and {TRAINER_STATE_VERSION}")
     state.optimizer.load_state_dict(ts["optimizer"])
@@ -834,7 +850,7 @@ def init_from(model: Decoder, cfg: TrainConfig, data: TrainData) -> None:
     decoders must agree on everything but ``INIT_MAY_CHANGE``, the caches on sizes and tokenizer."""
     source = resolve_init_from(cfg.init_from)
     meta = read_meta(source)
-    check_cache_fits(meta, data, cfg.shards, f"the run to start from ({source})")
+    check_cache_fits(meta, data, cfg.shards, f"the run to start from ({source})", cfg.allow_foreign_cache)
     saved = dataclasses.asdict(from_meta_decoder(meta))
     diff = [f"model.{k}: {saved.get(k)!r} there, {v!r} here" for k, v in dataclasses.asdict(model.cfg).items()
             if k not in INIT_MAY_CHANGE and saved.get(k) != v]
@@ -862,6 +878,15 @@ def _parse(line: str) -> dict | None:
         return None
 
 
+def last_validation(path: Path, step: int) -> int | None:
+    """``step`` when metrics.jsonl already holds a validation line for it (the checkpoint of that
+    step was saved after its validation), else None."""
+    if not path.is_file():
+        return None
+    rows = (_parse(line) for line in path.read_text().splitlines() if line.strip())
+    return step if any(r is not None and r.get("step") == step and "val_loss" in r for r in rows) else None
+
+
 def reset_metrics(path: Path, keep_until: int | None) -> None:
     """A new run starts an empty file; a resumed one drops the lines written after its checkpoint
     (and a last line cut short by a kill)."""
@@ -875,9 +900,7 @@ def reset_metrics(path: Path, keep_until: int | None) -> None:
 
 def write_config(cfg: TrainConfig, path: Path) -> None:
     """config.yaml, atomically (a kill never leaves half a file for the next resume to read)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    fmt.write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # no temp file stays on failure
 
 
 # --------------------------------------------------------------------------------------------
@@ -926,7 +949,7 @@ class Trainer:
         model = build_model(cfg, self.data)
         if cfg.resume:
             last = checkpoint_dir(self.run_dir, LAST)
-            check_cache_fits(read_meta(last), self.data, cfg.shards, f"the run to resume ({last})")
+            check_cache_fits(read_meta(last), self.data, cfg.shards, f"the run to resume ({last})", cfg.allow_foreign_cache)
             if cfg.init_from:
                 say("resuming: the weights come from checkpoints/last, init_from applies to a new run only")
         elif cfg.init_from:
@@ -936,9 +959,11 @@ class Trainer:
         self.state = new_state(model.to(self.device), cfg, self.data, self.prec, self.device, self.dist)
         if cfg.compile:
             compile_model(self.state.model)
+        validated_at = None
         if cfg.resume:
             restore(self.state, self.run_dir)
             say(f"resumed {self.run_dir} at step {self.state.step}")
+            validated_at = last_validation(self.run_dir / METRICS_FILE, self.state.step)
         ddp.broadcast_params(self.dist, self.state.model)
         ddp.barrier(self.dist)  # every rank has read the run directory before rank 0 writes to it
         self.metrics_path = self.run_dir / METRICS_FILE
@@ -949,14 +974,14 @@ class Trainer:
             reset_metrics(self.metrics_path, self.state.step if cfg.resume else None)
             self.trackers = open_trackers(cfg.report_to, self.run_dir, self.run_dir.name, to_dict(cfg))
         self.saved_at = self.state.step if cfg.resume else None
-        self.evaluated_at: int | None = None
+        self.evaluated_at: int | None = validated_at  # a finished run resumed is not validated twice
         self.started = time.perf_counter()
 
     # -- what happens between steps -------------------------------------------------------------
     def meta(self) -> dict:
         return model_meta(self.state.model, self.cfg.shards, self.data.special_ids) | {
             "step": self.state.step, "view": self.data.view, "tokenizer_sha256": self.data.tokenizer_sha256,
-            "ema_decay": self.cfg.ema_decay or None, "batching": self.cfg.batching,
+            "ema_decay": self.cfg.ema_decay or None, "encoder": self.data.identity, "batching": self.cfg.batching,
             "diffusion": {"schedule": self.cfg.diffusion.schedule, "kappa": self.cfg.diffusion.kappa}} | (
             {"block_length": self.data.train.length, "block_tail": self.cfg.block_tail, "given": self.cfg.given}
             if self.data.view == "next_block" else {})
