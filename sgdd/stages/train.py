@@ -27,6 +27,7 @@ Resuming refuses a changed config (listing every difference) except the fields i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -373,6 +374,7 @@ class TrainState:
     dist: DistInfo = field(default_factory=DistInfo)
     step: int = 0
     best_val: float = math.inf
+    wrapped: nn.Module | None = None  # the model in DistributedDataParallel under torchrun, else None
 
 
 def new_state(model: Decoder, cfg: TrainConfig, data: TrainData, prec: Precision, device: torch.device,
@@ -403,32 +405,41 @@ class StepStats:
 def train_step(state: TrainState, view, cfg: TrainConfig, prec: Precision, device: torch.device) -> StepStats:
     """One optimizer step over exactly ``grad_accum`` global micro-batches."""
     model, ocfg, dist = state.model, cfg.optim, state.dist
+    net = state.wrapped if state.wrapped is not None else model  # forward/backward through DDP
     model.train()
     # 1. the step's samples: grad_accum global micro-batches of sample indices
     batches = [state.sampler.next_batch() for _ in range(ocfg.grad_accum)]
     n = sum(b.numel() for b in batches)
     # 2. the forward-process noise of all n global samples at once: t [n], u [n, L], drop [n]
     noise = draw_noise(n, view.length, cfg.diffusion, cfg.model.cond_drop, state.noise_rng)
-    # 3. this rank's share of each micro-batch; each backward carries 1/n per sample
+    # 3. this rank's share of each micro-batch; each backward carries world/n per sample (DDP
+    #    averages over ranks); gradients are exchanged only after the last micro-batch
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # weighted loss, ce, correct, scored tokens
     start, data_s = 0, 0.0
-    for idx in batches:
+    for k, idx in enumerate(batches):
         mine = ddp.shard(idx.numel(), dist.rank, dist.world)
         rows = slice(start + mine.start, start + mine.stop)
         start += idx.numel()
+        last = k == len(batches) - 1
+        weight = dist.world / n
         if mine.stop == mine.start:
-            continue
+            if not (last and state.wrapped is not None):
+                continue
+            # no sample here, but every rank joins the step's gradient exchange: a zero-weighted one
+            mine, rows, weight = slice(0, 1), slice(start - idx.numel(), start - idx.numel() + 1), 0.0
         began = time.perf_counter()
         batch = view.batch(idx[mine])
         x0 = batch.x0.to(device, non_blocking=True)  # [b, L]
         z = batch.cond.to(device, non_blocking=True)  # [b, D]
         data_s += time.perf_counter() - began
-        with prec.autocast():
-            parts = masked_diffusion_loss(model, x0, z, noise.select(rows, device), cfg.diffusion, cfg.given)
-        state.scaler.scale(parts.weighted / n).backward()
-        sums += torch.stack([parts.weighted.detach(), parts.ce_sum, parts.correct, parts.n_masked]).double()
-    # 4. gradients summed over ranks once per step, then one clip and one optimizer step
-    ddp.all_reduce_grads(dist, model)
+        sync = contextlib.nullcontext() if last or state.wrapped is None else net.no_sync()
+        with sync:
+            with prec.autocast():
+                parts = masked_diffusion_loss(net, x0, z, noise.select(rows, device), cfg.diffusion, cfg.given)
+            state.scaler.scale(parts.weighted * weight).backward()
+        if weight:
+            sums += torch.stack([parts.weighted.detach(), parts.ce_sum, parts.correct, parts.n_masked]).double()
+    # 4. the step's statistics summed over ranks, then one clip and one optimizer step
     ddp.all_reduce_sum(dist, sums)
     lr = state.optimizer.param_groups[0]["lr"]
     grad_norm = None
@@ -805,7 +816,9 @@ class Trainer:
         if cfg.resume:
             restore(self.state, self.run_dir)
             say(f"resumed {self.run_dir} at step {self.state.step}")
-        ddp.broadcast_params(self.dist, self.state.model)
+        self.state.wrapped = ddp.wrap(self.dist, self.state.model, self.device)  # rank 0's weights everywhere
+        if self.state.wrapped is not None:
+            say(f"DistributedDataParallel over {self.dist.world} processes ({torch.distributed.get_backend()})")
         ddp.barrier(self.dist)  # every rank has read the run directory before rank 0 writes to it
         self.metrics_path = self.run_dir / METRICS_FILE
         self.trackers: list[Tracker] = []
