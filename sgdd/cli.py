@@ -135,6 +135,7 @@ def cli() -> None:
     Stage 3  sgdd eval      MaskGIT-family decoding, metrics, report.md and plots
              sgdd invert    encode a text, decode it, show the reconstruction and its trajectory
              sgdd run       all three from one YAML file
+             sgdd export    save a run as a self-contained folder (sgdd push: to the Hub)
     """
 
 
@@ -237,6 +238,47 @@ def run(config_file: str, sets: tuple[str, ...]) -> None:
     cfg = _build(RunConfig, config_file, {}, sets)
     report = run_all(cfg)
     click.echo(f"report written to {report}")
+
+
+@cli.command()
+@click.argument("run_path", metavar="RUN", type=click.Path())
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
+              help="Which checkpoint of a run directory. [default: best, else last]")
+@user_errors
+def export(run_path: str, directory: str, checkpoint: str | None) -> None:
+    """Save RUN (a run directory, a checkpoint or a saved run) to DIRECTORY as a self-contained
+    folder: weights, config, tokenizer, encoder identity and a model card. It decodes without the
+    cache (`sgdd.load_run(DIRECTORY)`, `sgdd invert --run DIRECTORY`).
+
+    \b
+    Example:
+      sgdd export runs/quickstart export/quickstart
+    """
+    from sgdd.api import load_run
+
+    out = load_run(run_path, checkpoint=checkpoint, device="cpu", precision="fp32").save_pretrained(directory)
+    click.echo(f"saved to {out}")
+
+
+@cli.command()
+@click.argument("run_path", metavar="RUN", type=click.Path())
+@click.argument("repo_id", metavar="ID")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
+              help="Which checkpoint of a run directory. [default: best, else last]")
+@click.option("--private/--public", default=None, help="Visibility of a repository created by the push.")
+@user_errors
+def push(run_path: str, repo_id: str, checkpoint: str | None, private: bool | None) -> None:
+    """Upload RUN to the Hugging Face Hub repository ID (owner/name), as `sgdd export` saves it.
+
+    \b
+    Example:
+      sgdd push runs/quickstart someone/sgdd-quickstart
+    """
+    from sgdd.api import load_run
+
+    url = load_run(run_path, checkpoint=checkpoint, device="cpu", precision="fp32").push_to_hub(repo_id, private=private)
+    click.echo(f"pushed to {url}")
 
 
 @cli.group()

@@ -1,4 +1,4 @@
-"""`sgdd invert`: encode a text with the cache's frozen encoder, decode the vector with the run's
+"""`sgdd invert`: encode a text with the run's frozen encoder, decode the vector with the run's
 decoder, show the reconstruction and how it was denoised. The quickest way to see what a model does.
 
 The vector is rounded to the dtype the cache stores its vectors in, so the decoder sees what it
@@ -15,10 +15,11 @@ import click
 import torch
 
 from sgdd.cache import format as fmt
-from sgdd.cache.reader import Cache, open_cache
+from sgdd.cache.reader import Cache
 from sgdd.decoding.rerank import ReEncoder, cosines_to, rerank
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.trajectory import render_text, trajectory_of
+from sgdd.models.portable import RunAssets, find_assets
 from sgdd.pipeline.config import EvalConfig
 from sgdd.pipeline.errors import SgddError
 from sgdd.pipeline.runtime import default_threads, pick_device, pick_precision
@@ -42,30 +43,38 @@ def as_stored(vectors: torch.Tensor, dtype: str | None) -> torch.Tensor:
     return fmt.from_storage(fmt.to_storage(vectors, dtype), dtype).float()
 
 
-def run(cfg: EvalConfig, texts: list[str]) -> list[dict]:
-    """Invert each of ``texts``; print and return, per text, the reconstruction, its cosine to the
-    text's vector, the forward passes and the trajectory."""
+def load_for_invert(run_dir: Path, checkpoint: str, shards: str | None, device: torch.device):
+    """The run's decoder, its meta and its encoder files; refuses an MTP head or encoder files
+    that do not fit the model."""
+    ckpt = checkpoint_dir(run_dir, checkpoint)
+    model, meta = load_checkpoint(ckpt, device)
+    return (model, meta, checked_assets(model, meta, find_assets([ckpt, run_dir], meta, shards), run_dir))
+
+
+def checked_assets(model, meta: dict, assets: RunAssets, where: Path) -> RunAssets:
+    if meta.get("view") == "next_block":
+        raise SgddError(f"{where} is an MTP head (next_block view); sgdd invert needs a sentence decoder")
+    problems = check_encoder_fit(model, meta, assets)
+    if assets.encoder_info.get("hidden_size") not in (None, model.cond_dim):
+        problems.append(f"its encoder gives {assets.encoder_info['hidden_size']}-d vectors, the model takes {model.cond_dim}")
+    if problems:
+        raise SgddError(f"the encoder files in {assets.dir} do not fit the model: " + "; ".join(problems))
+    return assets
+
+
+def invert_texts(model, meta: dict, assets: RunAssets, texts: list[str], cfg: EvalConfig, device: torch.device,
+                 precision, encoder: ReEncoder | None = None) -> list[dict]:
+    """Encode ``texts`` with the encoder the run's encoder files name, decode each vector
+    (``cfg.candidates`` times) and keep the candidate closest to it. Per text: the
+    reconstruction, its cosine, the forward passes and the trajectory (``_traj``)."""
     if not texts or not all(t.strip() for t in texts):
         raise SgddError("give at least one non-empty text to invert")
-    default_threads()
-    run_dir = Path(cfg.run) if cfg.run else latest_run()
-    device = pick_device(cfg.device)
-    precision = pick_precision(cfg.precision, device)
-    model, meta = load_checkpoint(checkpoint_dir(run_dir, cfg.checkpoint), device)
-    if meta.get("view") == "next_block":
-        raise SgddError(f"{run_dir} is an MTP head (next_block view); sgdd invert needs a sentence decoder")
-    cache = open_cache(cfg.shards or meta["cache"])
-    problems = check_encoder_fit(model, meta, cache)
-    if cache.encoder_info.get("hidden_size") not in (None, model.cond_dim):
-        problems.append(f"its encoder gives {cache.encoder_info['hidden_size']}-d vectors, the model takes {model.cond_dim}")
-    if problems:
-        raise SgddError(f"cache {cache.dir} does not fit the model: " + "; ".join(problems))
-    special = {**{k: cache.encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
-    tokenizer = cache.tokenizer()
+    special = {**{k: assets.encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
+    tokenizer = assets.tokenizer()
 
     # 1. encode, as the cache would have stored the vectors
-    encoder = ReEncoder(cache.encoder_info, device, precision)
-    vectors = as_stored(encoder.encode(texts), stored_dtype(cache))  # [N, D]
+    encoder = encoder or ReEncoder(assets.encoder_info, device, precision)
+    vectors = as_stored(encoder.encode(texts), assets.vectors_dtype)  # [N, D]
     L = model.cfg.max_len
     data = EvalData("sentences", vectors, torch.zeros(len(texts), L, dtype=torch.long),
                     [f"text-{i + 1}" for i in range(len(texts))], list(texts), None, 0, L)
@@ -88,6 +97,20 @@ def run(cfg: EvalConfig, texts: list[str]) -> list[dict]:
             "candidates": [o[i] for o in outs] if cfg.candidates > 1 else None,
             "trajectory": render_text(traj), "_traj": traj,
         })
+    return results
+
+
+def run(cfg: EvalConfig, texts: list[str]) -> list[dict]:
+    """Invert each of ``texts``; print and return, per text, the reconstruction, its cosine to the
+    text's vector, the forward passes and the trajectory."""
+    if not texts or not all(t.strip() for t in texts):
+        raise SgddError("give at least one non-empty text to invert")
+    default_threads()
+    run_dir = Path(cfg.run) if cfg.run else latest_run()
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    model, meta, assets = load_for_invert(run_dir, cfg.checkpoint, cfg.shards, device)
+    results = invert_texts(model, meta, assets, texts, cfg, device, precision)
     show(results, Sampling.of(cfg))
     if cfg.out:
         write(Path(cfg.out), results, dataclasses.asdict(Sampling.of(cfg)), str(run_dir))

@@ -5,6 +5,8 @@ and the special ids all come from the cache.
 Run directory (``cfg.out``, default ``runs/<cfg.name or cache directory name>``)::
 
     config.yaml                  the TrainConfig as given, written when training starts
+    encoder/                     tokenizer files, encoder.json and cache.json copied from the cache
+                                 (decoding and invert need nothing else; see sgdd.models.portable)
     metrics.jsonl                one JSON object per log line and one per validation
     checkpoints/last/            model.safetensors (+ ema.safetensors) + model.json + trainer.pt
     checkpoints/best/            model.safetensors (+ ema.safetensors) + model.json (lowest
@@ -52,6 +54,7 @@ from sgdd.models.decoder import Decoder
 from sgdd.models.diffusion import (DEFAULT_CART_P, IGNORE_INDEX, TokenLossInputs, apply_mask, get_schedule, sample_noise,
                                    weighted_token_loss)
 from sgdd.models.ema import EMA
+from sgdd.models.portable import copy_encoder_files
 from sgdd.pipeline import distributed_train as ddp
 from sgdd.pipeline.config import (DecoderConfig, diff_dicts, DiffusionConfig, OptimConfig, TrainConfig, from_dict, load_yaml,
                                   to_dict)
@@ -825,6 +828,7 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_config(cfg, self.run_dir / CONFIG_FILE)
+            copy_encoder_files(open_cache(cfg.shards), self.run_dir)  # the run decodes without its cache
             reset_metrics(self.metrics_path, self.state.step if cfg.resume else None)
             self.trackers = open_trackers(cfg.report_to, self.run_dir, self.run_dir.name, to_dict(cfg))
         self.saved_at = self.state.step if cfg.resume else None
