@@ -306,6 +306,17 @@ def verify(path: str) -> None:
     click.echo(verify_cache(Path(path)))
 
 
+@cache.command()
+@click.argument("path", type=click.Path())
+@user_errors
+def card(path: str) -> None:
+    """Write (or refresh) PATH/README.md, a dataset card listing every split's rows files, so that
+    `datasets.load_dataset(PATH)` opens the cache (collect writes it; this adds it to older caches)."""
+    from sgdd.cache.hf import write_dataset_card
+
+    click.echo(f"dataset card written to {write_dataset_card(Path(path))}")
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

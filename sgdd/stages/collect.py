@@ -29,6 +29,7 @@ import yaml
 from tqdm import tqdm
 
 from sgdd.cache import format as fmt
+from sgdd.cache.hf import write_dataset_card
 from sgdd.cache.writer import DirLock, ShardBuilder, SplitWriter, encoder_identity_diff, io_error, write_encoder_files
 from sgdd.pipeline.config import CollectConfig, to_dict
 from sgdd.pipeline.distributed import BARRIER_TIMEOUT, Ranks, init_ranks, rank_device, rank_threads
@@ -317,6 +318,7 @@ def collect_split(mode, split: str, cap: int | None, out: Path, settings: dict, 
 
 def finish_split(writer: SplitWriter, extra: dict, num_shards: int) -> None:
     writer.finalize(extra, num_shards)
+    write_dataset_card(writer.dir.parent)  # datasets.load_dataset(<cache>) opens every split
     shutil.rmtree(writer.dir / fmt.GENERATED_DIR, ignore_errors=True)  # continuations are in the rows now
 
 
