@@ -34,7 +34,6 @@ from pathlib import Path
 
 import click
 import torch
-from tqdm import tqdm
 
 from sgdd.cache.format import write_json_atomic
 from sgdd.cache.reader import Cache, CacheSplit, open_cache
@@ -48,6 +47,7 @@ from sgdd.metrics import compute_metrics, get_metric
 from sgdd.models.checkpoint import MODEL_FILE, load_model
 from sgdd.pipeline.config import EvalConfig, save_yaml
 from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.log import progress
 from sgdd.pipeline.runtime import Precision, default_threads, pick_device, pick_precision, seed_everything
 
 RUNS_DIR = Path("runs")
@@ -282,7 +282,7 @@ def decode_rows(model, data: EvalData, sampling: Sampling, seed: int, batch_size
     generator = torch.Generator(device=device).manual_seed(seed)
     kwargs = dataclasses.asdict(sampling)
     ids, passes, committed, calls = [], [], [], 0
-    bar = tqdm(total=len(data), desc=desc, unit="seq", dynamic_ncols=True, leave=False)
+    bar = progress(total=len(data), desc=desc, unit="seq", leave=False, logger="eval")
     _sync(device)
     start = time.perf_counter()
     for lo in range(0, len(data), batch_size):

@@ -43,7 +43,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
-from tqdm import tqdm
 
 from sgdd.cache import format as fmt
 from sgdd.cache.reader import Cache, CacheSplit, open_cache
@@ -60,6 +59,7 @@ from sgdd.pipeline.config import (DecoderConfig, diff_dicts, DiffusionConfig, Op
                                   to_dict)
 from sgdd.pipeline.distributed_train import DistInfo
 from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.log import get_logger, progress
 from sgdd.pipeline.runtime import Precision, default_threads, pick_device, pick_precision, seed_everything
 from sgdd.pipeline.trackers import Tracker, open_trackers
 
@@ -84,7 +84,7 @@ _MAIN = True  # False on ranks > 0: they print nothing
 def say(msg: str) -> None:
     """One line for the user, without breaking the progress bar (rank 0 only)."""
     if _MAIN:
-        tqdm.write(f"sgdd train: {msg}")
+        get_logger("train").info(msg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -888,8 +888,8 @@ class Trainer:
         max_steps = cfg.optim.max_steps
         limit = max_steps if stop_at is None else min(stop_at, max_steps)
         meter = Meter()
-        bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=None if self.dist.is_main else True)
+        bar = progress(total=max_steps, initial=state.step, desc="train", unit="step", main=self.dist.is_main,
+                       logger="train")
         try:
             while state.step < limit:
                 began = time.perf_counter()
