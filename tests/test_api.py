@@ -157,6 +157,8 @@ def test_cli_export_and_push(trained, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "out/model.safetensors").is_file()
     assert sgdd.load_run(tmp_path / "out").meta["saved_from"].endswith("checkpoints/last")
+    r = CliRunner().invoke(cli, ["invert", "--run", str(tmp_path / "out"), "--steps", "2", "--device", "cpu", SENTENCES[0]])
+    assert r.exit_code == 0 and "reconstruction:" in r.output, r.output
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     r = CliRunner().invoke(cli, ["push", str(trained / "runs/quickstart"), "someone/x"])
     assert r.exit_code == 1 and r.output.strip() == "Error: cannot push to someone/x: the Hugging Face Hub is offline " \

@@ -19,6 +19,7 @@ from sgdd.cache.reader import Cache
 from sgdd.decoding.rerank import ReEncoder, cosines_to, rerank
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.trajectory import render_text, trajectory_of
+from sgdd.models.checkpoint import MODEL_META
 from sgdd.models.portable import RunAssets, find_assets
 from sgdd.pipeline.config import EvalConfig
 from sgdd.pipeline.errors import SgddError
@@ -45,8 +46,8 @@ def as_stored(vectors: torch.Tensor, dtype: str | None) -> torch.Tensor:
 
 def load_for_invert(run_dir: Path, checkpoint: str, shards: str | None, device: torch.device):
     """The run's decoder, its meta and its encoder files; refuses an MTP head or encoder files
-    that do not fit the model."""
-    ckpt = checkpoint_dir(run_dir, checkpoint)
+    that do not fit the model. ``run_dir`` may also be a saved run (``sgdd export``)."""
+    ckpt = run_dir if (run_dir / MODEL_META).is_file() else checkpoint_dir(run_dir, checkpoint)
     model, meta = load_checkpoint(ckpt, device)
     return (model, meta, checked_assets(model, meta, find_assets([ckpt, run_dir], meta, shards), run_dir))
 
