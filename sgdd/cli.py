@@ -55,38 +55,117 @@ def _default_of(cls: type, dotted: str) -> Any:
     return obj
 
 
+# Enumerated fields -> their valid values (tests/test_cli_conventions.py checks them against the
+# registries, which are not imported here so that `sgdd --help` stays fast).
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+CHOICES: dict[tuple[type, str], list[str]] = {
+    (CollectConfig, "model_kind"): ["auto", "encoder", "causal_lm"],
+    (CollectConfig, "pooling"): ["mean", "cls"],
+    (CollectConfig, "dtype"): ["bf16", "fp16", "fp32"],
+    (CollectConfig, "precision"): PRECISIONS,
+    (TrainConfig, "model.conditioning"): ["cross", "adaln", "prefix"],
+    (TrainConfig, "diffusion.schedule"): ["linear", "cosine", "polynomial", "loglinear"],
+    (TrainConfig, "diffusion.loss_weight"): ["elbo", "ones", "path", "cart"],
+    (TrainConfig, "precision"): PRECISIONS,
+    (TrainConfig, "view"): ["auto", "sentence", "next_block"],
+    (TrainConfig, "block_tail"): ["skip", "ignore"],
+    (TrainConfig, "report_to"): ["tensorboard", "wandb"],
+    (EvalConfig, "checkpoint"): ["best", "last"],
+    (EvalConfig, "sampler"): ["maskgit_plus", "random", "entropy", "topk_margin", "llada", "threshold"],
+    (EvalConfig, "candidate_samplers"): ["maskgit_plus", "random", "entropy", "topk_margin", "llada", "threshold"],
+    (EvalConfig, "schedule"): ["cosine", "linear", "square", "cubic", "sqrt"],
+    (EvalConfig, "precision"): PRECISIONS,
+}
+# Fields whose flattened name would mean different things in different commands: their option
+# name says which (the old spelling still works, hidden from --help).
+RENAMED: dict[tuple[type, str], str] = {
+    (TrainConfig, "diffusion.schedule"): "noise-schedule",
+    (EvalConfig, "schedule"): "unmask-schedule",
+    (EvalConfig, "block_length"): "decode-block-length",
+}
+NULL_WORDS = ("null", "none")
+
+
+class _Null:
+    """An option value that sets a field to None (``--d-model null``)."""
+
+    def __repr__(self) -> str:
+        return "null"
+
+
+NULL = _Null()
+
+
+class Nullable(click.ParamType):
+    """``inner`` (a click type) or the word null/none."""
+
+    def __init__(self, inner: click.ParamType):
+        self.inner = inner
+        self.name = f"{inner.name}|null"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in NULL_WORDS:
+            return NULL
+        return self.inner.convert(value, param, ctx)
+
+    def get_metavar(self, param: Any, ctx: Any = None) -> str:
+        inner = self.inner.get_metavar(param, ctx) if isinstance(self.inner, click.Choice) else self.inner.name.upper()
+        return f"{inner}|null" if inner else "VALUE|null"
+
+
+def _option_type(cls: type, dotted: str, base: Any, optional: bool) -> click.ParamType:
+    choices = CHOICES.get((cls, dotted))
+    inner = click.Choice(choices) if choices else click.types.convert_type(base)
+    return Nullable(inner) if optional else inner
+
+
 def config_options(cls: type, skip: tuple[str, ...] = ()) -> Callable:
     """Add one click option per leaf field of ``cls``; the command receives ``overrides``:
-    a dict of dotted keys for the options given."""
+    a dict of dotted keys for the options given. Enumerated fields take a click.Choice, optional
+    ones also accept null, and the fields in ``RENAMED`` get their own name (the old one hidden)."""
     fields = [x for x in _leaf_fields(cls) if x[0] not in skip]
     by_param: dict[str, str] = {}
+    aliases: dict[str, str] = {}  # hidden old spelling's parameter -> the renamed parameter
 
     def decorator(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(**kwargs: Any) -> Any:
+            for alias, param in aliases.items():
+                old = kwargs.pop(alias)
+                if old is not None and kwargs.get(param) is None:
+                    kwargs[param] = old
             overrides = {}
             for param, dotted in by_param.items():
                 value = kwargs.pop(param)
                 if value is None or value == ():
                     continue
+                if value is NULL:
+                    value = None
                 overrides[dotted] = list(value) if isinstance(value, tuple) else value
             return fn(overrides=overrides, **kwargs)
 
         for dotted, f, tp in reversed(fields):
             base = _base_type(tp)
-            name = f.name.replace("_", "-")
+            optional = base is not tp
+            name = RENAMED.get((cls, dotted), f.name.replace("_", "-"))
             default = _default_of(cls, dotted)
-            help_text = f"{f.metadata.get('help', '')} [default: {default}]"
+            help_text = f"{f.metadata.get('help', '')} [default: {'null' if default is None else default}]"
             if base is bool:
                 decl, kw = f"--{name}/--no-{name}", {"default": None}
             elif typing.get_origin(base) is list:
                 name = name[:-1] if name.endswith("s") else name
-                decl, kw = f"--{name}", {"multiple": True, "type": str}
+                choices = CHOICES.get((cls, dotted))
+                decl, kw = f"--{name}", {"multiple": True, "type": click.Choice(choices) if choices else str}
                 help_text += " (repeat the option for several)"
             else:
-                decl, kw = f"--{name}", {"default": None, "type": base}
+                decl, kw = f"--{name}", {"default": None, "type": _option_type(cls, dotted, base, optional)}
             param = name.replace("-", "_")
             by_param[param] = dotted
+            if (cls, dotted) in RENAMED:
+                old = f.name.replace("_", "-")
+                aliases[f"{old.replace('-', '_')}_alias"] = param
+                wrapper = click.option(f"--{old}", f"{old.replace('-', '_')}_alias", hidden=True,
+                                       **{k: v for k, v in kw.items() if k != "multiple"})(wrapper)
             wrapper = click.option(decl, param, help=help_text, **kw)(wrapper)
         return wrapper
 
@@ -130,7 +209,9 @@ def user_errors(fn: Callable) -> Callable:
 # ------------------------------------------------------------------------------------------------
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="sgdd")
-def cli() -> None:
+@click.option("-v", "--verbose", count=True, help="More messages (debug; also transformers' load warnings).")
+@click.option("-q", "--quiet", count=True, help="Only warnings and errors (no progress summaries).")
+def cli(verbose: int, quiet: int) -> None:
     """sgdd: train conditional masked-diffusion text decoders from a precomputed embedding cache.
 
     \b
@@ -139,14 +220,19 @@ def cli() -> None:
     Stage 3  sgdd eval      MaskGIT-family decoding, metrics, report.md and plots
              sgdd invert    encode a text, decode it, show the reconstruction and its trajectory
              sgdd run       all three from one YAML file
+             sgdd export    save a run as a self-contained folder (sgdd push: to the Hub)
     """
+    from sgdd.pipeline.log import setup
+
+    setup(verbose - quiet)
 
 
 @cli.command()
 @_config_option
+@_set_option
 @config_options(CollectConfig)
 @user_errors
-def collect(config: str | None, overrides: dict) -> None:
+def collect(config: str | None, sets: tuple[str, ...], overrides: dict) -> None:
     """Stage 1: encode a corpus with a frozen encoder (or causal LM) into cache/<dataset>/<split>/.
 
     A rerun of the same command resumes after the committed shards.
@@ -162,7 +248,7 @@ def collect(config: str | None, overrides: dict) -> None:
     """
     from sgdd.stages import collect as stage
 
-    out = stage.run(_build(CollectConfig, config, overrides))
+    out = stage.run(_build(CollectConfig, config, overrides, sets))
     click.echo(f"cache written to {out}")
 
 
@@ -186,9 +272,10 @@ def train(config: str | None, sets: tuple[str, ...], overrides: dict) -> None:
 
 @cli.command(name="eval")
 @_config_option
+@_set_option
 @config_options(EvalConfig)
 @user_errors
-def evaluate(config: str | None, overrides: dict) -> None:
+def evaluate(config: str | None, sets: tuple[str, ...], overrides: dict) -> None:
     """Stage 3: decode a held-out split with a MaskGIT-family sampler, score it, write
     report.json, report.md and plots.
 
@@ -200,16 +287,17 @@ def evaluate(config: str | None, overrides: dict) -> None:
     """
     from sgdd.stages import evaluate as stage
 
-    out = stage.run(_build(EvalConfig, config, overrides))
+    out = stage.run(_build(EvalConfig, config, overrides, sets))
     click.echo(f"report written to {out}")
 
 
 @cli.command()
 @click.argument("texts", nargs=-1, required=True)
 @_config_option
+@_set_option
 @config_options(EvalConfig, skip=("split", "metrics", "sweep", "trajectories", "max_samples", "batch_size"))
 @user_errors
-def invert(texts: tuple[str, ...], config: str | None, overrides: dict) -> None:
+def invert(texts: tuple[str, ...], config: str | None, sets: tuple[str, ...], overrides: dict) -> None:
     """Encode TEXTS with the cache's frozen encoder, decode them, print each reconstruction and
     its denoising trajectory (which token was committed at which step). --out DIR also writes
     invert.json, trajectories.txt and trajectory.png there.
@@ -220,7 +308,7 @@ def invert(texts: tuple[str, ...], config: str | None, overrides: dict) -> None:
     """
     from sgdd.stages import invert as stage
 
-    stage.run(_build(EvalConfig, config, overrides), list(texts))
+    stage.run(_build(EvalConfig, config, overrides, sets), list(texts))
 
 
 @cli.command()
@@ -241,6 +329,47 @@ def run(config_file: str, sets: tuple[str, ...]) -> None:
     cfg = _build(RunConfig, config_file, {}, sets)
     report = run_all(cfg)
     click.echo(f"report written to {report}")
+
+
+@cli.command()
+@click.argument("run_path", metavar="RUN", type=click.Path())
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
+              help="Which checkpoint of a run directory. [default: best, else last]")
+@user_errors
+def export(run_path: str, directory: str, checkpoint: str | None) -> None:
+    """Save RUN (a run directory, a checkpoint or a saved run) to DIRECTORY as a self-contained
+    folder: weights, config, tokenizer, encoder identity and a model card. It decodes without the
+    cache (`sgdd.load_run(DIRECTORY)`, `sgdd invert --run DIRECTORY`).
+
+    \b
+    Example:
+      sgdd export runs/quickstart export/quickstart
+    """
+    from sgdd.api import load_run
+
+    out = load_run(run_path, checkpoint=checkpoint, device="cpu", precision="fp32").save_pretrained(directory)
+    click.echo(f"saved to {out}")
+
+
+@cli.command()
+@click.argument("run_path", metavar="RUN", type=click.Path())
+@click.argument("repo_id", metavar="ID")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default=None,
+              help="Which checkpoint of a run directory. [default: best, else last]")
+@click.option("--private/--public", default=None, help="Visibility of a repository created by the push.")
+@user_errors
+def push(run_path: str, repo_id: str, checkpoint: str | None, private: bool | None) -> None:
+    """Upload RUN to the Hugging Face Hub repository ID (owner/name), as `sgdd export` saves it.
+
+    \b
+    Example:
+      sgdd push runs/quickstart someone/sgdd-quickstart
+    """
+    from sgdd.api import load_run
+
+    url = load_run(run_path, checkpoint=checkpoint, device="cpu", precision="fp32").push_to_hub(repo_id, private=private)
+    click.echo(f"pushed to {url}")
 
 
 @cli.group()
@@ -266,6 +395,17 @@ def verify(path: str) -> None:
     from sgdd.cache.tools import verify_cache
 
     click.echo(verify_cache(Path(path)))
+
+
+@cache.command()
+@click.argument("path", type=click.Path())
+@user_errors
+def card(path: str) -> None:
+    """Write (or refresh) PATH/README.md, a dataset card listing every split's rows files, so that
+    `datasets.load_dataset(PATH)` opens the cache (collect writes it; this adds it to older caches)."""
+    from sgdd.cache.hf import write_dataset_card
+
+    click.echo(f"dataset card written to {write_dataset_card(Path(path))}")
 
 
 def main() -> None:

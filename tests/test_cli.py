@@ -81,7 +81,7 @@ def test_help_explains_every_option(command):
     r = invoke(*command, "--help")
     assert r.exit_code == 0
     if command == ["train"]:
-        for option in ("--shards", "--d-model", "--schedule", "--loss-weight", "--grad-accum", "--resume", "--set"):
+        for option in ("--shards", "--d-model", "--noise-schedule", "--loss-weight", "--grad-accum", "--resume", "--set"):
             assert option in r.output
         assert "[default: 64]" in r.output  # max_len / batch_size defaults are shown
 
@@ -90,7 +90,7 @@ def test_help_explains_every_option(command):
     (["collect", "--dataset", "wikk"], "did you mean 'wiki'"),
     (["collect", "--model", "no/such-model", "--dataset", "{corpus}"], "Hub cannot be reached"),
     (["collect", "--dataset", "wiki", "--data-dir", "{tmp}"], "holds none of"),
-    (["collect", "--dataset", "{corpus}", "--pooling", "max"], "pooling must be mean or cls"),
+    (["collect", "--dataset", "{corpus}", "--set", "pooling=max"], "pooling must be mean or cls"),
     (["train", "--shards", "{tmp}/nothing"], "does not exist"),
     (["train", "--shards", "{tmp}", "--d-model", "30"], "divisible"),
     (["eval", "--steps", "0"], "steps must be at least 1"),

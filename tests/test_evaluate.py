@@ -389,16 +389,16 @@ def bad_input_env(tmp_path, tiny_cache, window_cache):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sampler", "beam"], "sampler 'beam' unknown (valid: maskgit_plus, random, entropy, topk_margin, llada, threshold)"),
+    (["--set", "sampler=beam"], "sampler 'beam' unknown (valid: maskgit_plus, random, entropy, topk_margin, llada, threshold)"),
     (["--metric", "rouge"], "metric 'rouge' unknown (valid: bleu, sentence_bleu"),
     (["--steps", "0"], "steps must be at least 1, got 0"),
     (["--tau", "0"], "tau must be in (0, 1], got 0.0"),
     (["--tau", "1.5"], "tau must be in (0, 1], got 1.5"),
-    (["--schedule", "zigzag"], "schedule 'zigzag' unknown (valid: cosine, linear, square, cubic, sqrt)"),
+    (["--set", "schedule=zigzag"], "schedule 'zigzag' unknown (valid: cosine, linear, square, cubic, sqrt)"),
     (["--top-p", "0"], "top_p must be in (0, 1]"),
     (["--block-length", "0"], "block_length must be at least 1"),
     (["--candidates", "3"], "would decode identical candidates"),
-    (["--candidate-sampler", "beam", "--candidates", "2"], "candidate sampler 'beam' unknown"),
+    (["--set", "candidate_samplers=[beam]", "--candidates", "2"], "candidate sampler 'beam' unknown"),
     (["--sweep", "steps=4,0"], "sweep steps=0: steps must be at least 1"),
     (["--sweep", "width=4"], "--sweep key 'width' cannot be swept (valid: sampler, steps"),
     (["--sampler", "llada", "--steps", "1"], "2 semi-autoregressive blocks need at least 2 steps (one per block), got steps=1"),

@@ -73,7 +73,7 @@ def test_vectors_are_rounded_like_the_cache_stores_them():
     ("tiny", ["some text"], "needs the cache's encoder"),
     ("mtp", ["some text"], "is an MTP head (next_block view)"),
     ("collected", ["  "], "give at least one non-empty text"),
-    ("collected", ["--sampler", "beam", "text"], "sampler 'beam' unknown"),
+    ("collected", ["--set", "sampler=beam", "text"], "sampler 'beam' unknown"),
     ("collected", ["--tau", "2", "text"], "tau must be in (0, 1]"),
 ])
 def test_bad_input_gives_one_line_and_exit_1(tmp_path, tiny_cache, collected, which, args, message):

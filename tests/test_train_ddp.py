@@ -1,5 +1,6 @@
-"""Data-parallel training under torchrun (gloo, CPU): 2 processes x batch B train like 1 process
-x batch 2B, even when a rank gets no sample; only rank 0 writes the run directory."""
+"""Data-parallel training under torchrun (gloo, CPU, DistributedDataParallel): 2 processes x batch B
+train like 1 process x batch 2B, with and without gradient accumulation, even when a rank gets no
+sample; only rank 0 writes the run directory."""
 
 import os
 import subprocess
@@ -20,14 +21,20 @@ RUN = {"optim.max_steps": 3, "max_train_samples": 9, "model.cond_drop": 0.3, "ev
 
 
 @pytest.mark.slow  # three Python processes importing torch: ~6 s on 2 idle cores
-def test_two_processes_of_batch_b_match_one_of_batch_2b(tiny_cache, tmp_path):
+@pytest.mark.parametrize("two, one", [
+    ({"optim.batch_size": 2}, {"optim.batch_size": 4}),
+    # accumulation: the first micro-batch of each step runs under no_sync()
+    ({"optim.batch_size": 1, "optim.grad_accum": 2}, {"optim.batch_size": 2, "optim.grad_accum": 2}),
+])
+def test_two_processes_of_batch_b_match_one_of_batch_2b(tiny_cache, tmp_path, two, one):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "sgdd.cli", "train", "--shards", str(tiny_cache), "--out", str(tmp_path / "two"),
-           *tiny_overrides(**RUN, **{"optim.batch_size": 2})]
+           *tiny_overrides(**RUN, **two)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
-    one = fit(tiny_cfg(tiny_cache, tmp_path / "one", **RUN, **{"optim.batch_size": 4}))
+    assert "DistributedDataParallel over 2 processes (gloo)" in done.stdout + done.stderr
+    fit(tiny_cfg(tiny_cache, tmp_path / "one", **RUN, **one))
 
     for name in ("model.safetensors", "ema.safetensors"):
         a = load_file(str(tmp_path / "one/checkpoints/last" / name))

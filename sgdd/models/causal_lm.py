@@ -19,6 +19,7 @@ import torch
 
 from sgdd.models.encoder import ResolvedModel, hub_root, model_fingerprint, resolve_model
 from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.log import quiet_transformers
 from sgdd.pipeline.runtime import Precision
 
 LOGIT_ROWS = 1024  # positions per LM-head matmul when taking the argmax (bounds the [P, V] logits: 0.1 GB in bf16 at V = 49k)
@@ -29,16 +30,14 @@ class FrozenCausalLM:
 
     def __init__(self, name: str, device: torch.device, precision: Precision, gguf_file: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         self.name, self.device, self.precision = name, device, precision
         self.resolved: ResolvedModel = resolve_model(name, gguf_file)
         kw = {"gguf_file": self.resolved.gguf_file} if self.resolved.gguf_file else {}
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.where, **kw)
-            self.model = AutoModelForCausalLM.from_pretrained(self.resolved.where, dtype=torch.float32, **kw)
+            with quiet_transformers():  # its load warnings only with -v; its global settings are restored
+                self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.where, **kw)
+                self.model = AutoModelForCausalLM.from_pretrained(self.resolved.where, dtype=torch.float32, **kw)
         except ImportError as e:
             raise SgddError(f"cannot load model {name!r}: {str(e).splitlines()[0]} "
                             "(GGUF files need `pip install gguf accelerate`)") from None

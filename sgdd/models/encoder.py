@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.log import quiet_transformers
 from sgdd.pipeline.runtime import Precision
 
 @dataclass(frozen=True)
@@ -158,16 +159,14 @@ class FrozenEncoder:
 
     def __init__(self, name: str, device: torch.device, precision: Precision, pooling: str = "mean"):
         from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         self.name, self.device, self.precision, self.pooling = name, device, precision, pooling
         self.resolved = resolve_model(name)
         where = self.resolved.where
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(where)
-            self.model = AutoModel.from_pretrained(where)
+            with quiet_transformers():  # its load warnings only with -v; its global settings are restored
+                self.tokenizer = AutoTokenizer.from_pretrained(where)
+                self.model = AutoModel.from_pretrained(where)
         except pickle.UnpicklingError:
             raise SgddError(f"cannot load model {name!r}: its pickled weights hold objects other than tensors; "
                             "sgdd never unpickles those (convert the model to safetensors)") from None

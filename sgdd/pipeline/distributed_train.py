@@ -1,14 +1,17 @@
-"""Data-parallel training under ``torchrun`` (gloo on CPU, NCCL on GPU).
+"""Data-parallel training under ``torchrun`` (gloo on CPU, NCCL on GPU) with torch's
+``DistributedDataParallel``.
 
 Every process holds the whole model and walks the same global sample order; each global
 micro-batch is cut into one contiguous share per rank (:func:`shard`). The forward-process
 noise is drawn for the global samples on every rank, so a sample is masked the same way
-whatever the number of processes. Each rank backpropagates ``sum of its samples' losses / n``
-(n = the step's global sample count); gradients are summed across ranks once per optimizer
-step, after the last micro-batch (one flat all-reduce, the equivalent of DDP's ``no_sync`` for
-the others). The result equals one process with the whole global batch up to float summation
-order, a rank may even get no sample in the last partial batch of an epoch, and clipping,
-the optimizer and the EMA then see identical gradients on every rank.
+whatever the number of processes. Each rank backpropagates ``world * (sum of its samples'
+losses) / n`` (n = the step's global sample count) through the DDP wrapper (:func:`wrap`);
+DDP averages the gradients over ranks, so every rank ends with ``sum of all losses / n``.
+Every micro-batch but the last of an optimizer step runs under ``no_sync()``, so gradients
+are exchanged once per step. The result equals one process with the whole global batch up
+to float summation order; a rank without a sample in the step's last micro-batch still joins
+the exchange with a zero-weighted sample. Clipping, the optimizer and the EMA then see
+identical gradients on every rank.
 
 Rank 0 alone writes the run directory (config, metrics, checkpoints, trackers).
 """
@@ -77,28 +80,24 @@ def all_reduce_sum(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_grads(info: DistInfo, model: nn.Module) -> None:
-    """Sum every parameter's gradient over ranks with one flat all-reduce; a parameter without
-    a gradient on some rank (no sample there) counts as zeros."""
-    if not info.enabled:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    start = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[start:start + n].view_as(p).clone()
-        start += n
+class DataParallel(nn.parallel.DistributedDataParallel):
+    """DDP around a decoder that still answers the decoder's own attributes (``logits``,
+    ``mask_id``, ``cfg``), so a loss written for the bare model takes the wrapper unchanged."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
 
 
-def broadcast_params(info: DistInfo, model: nn.Module) -> None:
-    """Make every rank's weights rank 0's (after initialisation or loading)."""
+def wrap(info: DistInfo, model: nn.Module, device: torch.device) -> nn.Module | None:
+    """``model`` in DistributedDataParallel (its weights become rank 0's at construction);
+    None in a single process. Buffers (RoPE tables) are identical everywhere and not broadcast."""
     if not info.enabled:
-        return
-    with torch.no_grad():
-        for p in model.parameters():
-            dist.broadcast(p.data, src=0)
+        return None
+    ids = [device.index] if device.type == "cuda" else None
+    return DataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
 def gather_objects(info: DistInfo, obj) -> list:

@@ -19,21 +19,21 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 import torch
 import yaml
-from tqdm import tqdm
 
 from sgdd.cache import format as fmt
+from sgdd.cache.hf import write_dataset_card
 from sgdd.cache.writer import (DirLock, ShardBuilder, SplitWriter, encoder_identity_diff, io_error, write_body_files,
                                write_encoder_files)
 from sgdd.pipeline.config import CollectConfig, to_dict
 from sgdd.pipeline.distributed import BARRIER_TIMEOUT, Ranks, init_ranks, rank_device, rank_threads
 from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.log import get_logger, progress
 from sgdd.pipeline.runtime import Precision, default_threads, pick_device, pick_precision
 from sgdd.sources import Source, count, get_source
 from sgdd.sources.rows import document_chunks, pair_rows, sentence_rows, window_rows
@@ -263,15 +263,14 @@ def check_committed(meta: dict, rows: list[dict], split_dir: Path) -> None:
 
 def log(ranks: Ranks, message: str) -> None:
     if ranks.is_main:
-        print(f"[collect] {message}", file=sys.stderr)
+        get_logger("collect").info(message)
 
 
 def write_shards(mode, writer: SplitWriter, rows: Iterator[dict], cap: int | None, ranks: Ranks) -> tuple[int, int]:
     """Cut ``rows`` into shards; commit the ones this rank owns and no earlier run committed.
     -> (number of shards of the split, rows this rank encoded)."""
     index = first = encoded = 0
-    bar = tqdm(total=cap, initial=0, desc=f"collect {writer.dir.name}", unit="row", dynamic_ncols=True,
-               disable=not ranks.is_main)
+    bar = progress(total=cap, initial=0, desc=writer.dir.name, unit="row", main=ranks.is_main, logger="collect")
     for shard_rows in iter(lambda: list(itertools.islice(rows, mode.shard_size)), []):
         meta = writer.committed.get(index)
         if meta is not None:
@@ -329,6 +328,7 @@ def collect_split(mode, split: str, cap: int | None, out: Path, settings: dict, 
 
 def finish_split(writer: SplitWriter, extra: dict, num_shards: int) -> None:
     writer.finalize(extra, num_shards)
+    write_dataset_card(writer.dir.parent)  # datasets.load_dataset(<cache>) opens every split
     shutil.rmtree(writer.dir / fmt.GENERATED_DIR, ignore_errors=True)  # continuations are in the rows now
 
 
@@ -381,7 +381,7 @@ def prepare_cache(out: Path, cfg: CollectConfig, mode, fingerprint: dict) -> Dir
         info, embeddings, tensors = mode.encoder_info(fingerprint)
         meta = out / fmt.ENCODER_DIR / fmt.ENCODER_META
         if cfg.overwrite and meta.is_file() and encoder_identity_diff(json.loads(meta.read_text()), info):
-            print(f"[collect] --overwrite: {out} held another encoder's data; removing it", file=sys.stderr)
+            get_logger("collect").warning(f"--overwrite: {out} held another encoder's data; removing it")
             for p in out.iterdir():
                 if p.name != fmt.LOCK_FILE:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()

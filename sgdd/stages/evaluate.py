@@ -38,7 +38,6 @@ from typing import Callable
 import click
 import torch
 import yaml
-from tqdm import tqdm
 
 from sgdd.cache.format import write_json_atomic
 from sgdd.cache.identity import check_identity, encoder_identity
@@ -56,6 +55,7 @@ from sgdd.models.checkpoint import MODEL_FILE, load_model
 from sgdd.models.diffusion import Schedule, get_schedule
 from sgdd.pipeline.config import EvalConfig, save_yaml
 from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.log import progress
 from sgdd.pipeline.runtime import Precision, default_threads, pick_device, pick_precision, seed_everything
 
 RUNS_DIR = Path("runs")
@@ -355,7 +355,7 @@ def decode_rows(model, data: EvalData, sampling: Sampling, seed: int, batch_size
     logp = torch.zeros(N * K, L)
     passes = torch.zeros(N * K, dtype=torch.long)
     calls = 0
-    bar = tqdm(total=N * K, desc=desc, unit="seq", dynamic_ncols=True, leave=False)
+    bar = progress(total=N * K, desc=desc, unit="seq", leave=False, logger="eval")
     _sync(device)
     start = time.perf_counter()
     for n in sorted(set(flat.tolist())):

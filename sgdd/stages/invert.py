@@ -1,4 +1,4 @@
-"""`sgdd invert`: encode a text with the cache's frozen encoder, decode the vector with the run's
+"""`sgdd invert`: encode a text with the run's frozen encoder, decode the vector with the run's
 decoder, show the reconstruction and how it was denoised. The quickest way to see what a model does.
 
 The vector is rounded to the dtype the cache stores its vectors in, so the decoder sees what it
@@ -22,6 +22,8 @@ from sgdd.decoding.refine import refine, refine_sampling
 from sgdd.decoding.rerank import ReEncoder, cosines_to, rerank
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.trajectory import render_text, trajectory_of
+from sgdd.models.checkpoint import MODEL_META
+from sgdd.models.portable import RunAssets, find_assets
 from sgdd.pipeline.config import EvalConfig
 from sgdd.pipeline.errors import SgddError
 from sgdd.pipeline.runtime import default_threads, pick_device, pick_precision
@@ -48,31 +50,45 @@ def as_stored(vectors: torch.Tensor, dtype: str | None) -> torch.Tensor:
     return fmt.from_storage(fmt.to_storage(vectors, dtype), dtype).float()
 
 
-def run(cfg: EvalConfig, texts: list[str]) -> list[dict]:
-    """Invert each of ``texts``; print and return, per text, the reconstruction, its cosine to the
-    text's vector, the forward passes and the trajectory."""
+def load_for_invert(run_dir: Path, checkpoint: str, shards: str | None, device: torch.device,
+                    allow_foreign: bool = False):
+    """The run's decoder, its meta and its encoder files; refuses an MTP head, encoder files that
+    do not fit the model, or a cache of another encoder than the run's (unless ``allow_foreign``).
+    ``run_dir`` may also be a saved run (``sgdd export``)."""
+    ckpt = run_dir if (run_dir / MODEL_META).is_file() else checkpoint_dir(run_dir, checkpoint)
+    model, meta = load_checkpoint(ckpt, device)
+    assets = checked_assets(model, meta, find_assets([ckpt, run_dir], meta, shards), run_dir)
+    if assets.cache_dir is not None:  # read from a cache: it must hold the run's encoder
+        cache = open_cache(assets.cache_dir)
+        check_identity(meta, encoder_identity(cache, vector_split(cache)), cache.dir, f"run {run_dir}", allow_foreign)
+    return model, meta, assets
+
+
+def checked_assets(model, meta: dict, assets: RunAssets, where: Path) -> RunAssets:
+    if meta.get("view") == "next_block":
+        raise SgddError(f"{where} is an MTP head (next_block view); sgdd invert needs a sentence decoder")
+    problems = check_encoder_fit(model, meta, assets)
+    if assets.encoder_info.get("hidden_size") not in (None, model.cond_dim):
+        problems.append(f"its encoder gives {assets.encoder_info['hidden_size']}-d vectors, the model takes {model.cond_dim}")
+    if problems:
+        raise SgddError(f"the encoder files in {assets.dir} do not fit the model: " + "; ".join(problems))
+    return assets
+
+
+def invert_texts(model, meta: dict, assets: RunAssets, texts: list[str], cfg: EvalConfig, device: torch.device,
+                 precision, encoder: ReEncoder | None = None, run_dir: Path | None = None) -> list[dict]:
+    """Encode ``texts`` with the encoder the run's encoder files name, decode each vector
+    (``cfg.candidates`` times, at the lengths ``cfg.length`` asks for) and keep the candidate
+    closest to it; with ``cfg.refine`` improve it with the encoder as judge. Per text: the
+    reconstruction, its cosine, the forward passes and the trajectory (``_traj``)."""
     if not texts or not all(t.strip() for t in texts):
         raise SgddError("give at least one non-empty text to invert")
-    default_threads()
-    run_dir = Path(cfg.run) if cfg.run else latest_run()
-    device = pick_device(cfg.device)
-    precision = pick_precision(cfg.precision, device)
-    model, meta = load_checkpoint(checkpoint_dir(run_dir, cfg.checkpoint), device)
-    if meta.get("view") == "next_block":
-        raise SgddError(f"{run_dir} is an MTP head (next_block view); sgdd invert needs a sentence decoder")
-    cache = open_cache(cfg.shards or meta["cache"])
-    problems = check_encoder_fit(model, meta, cache)
-    if cache.encoder_info.get("hidden_size") not in (None, model.cond_dim):
-        problems.append(f"its encoder gives {cache.encoder_info['hidden_size']}-d vectors, the model takes {model.cond_dim}")
-    if problems:
-        raise SgddError(f"cache {cache.dir} does not fit the model: " + "; ".join(problems))
-    check_identity(meta, encoder_identity(cache, vector_split(cache)), cache.dir, f"run {run_dir}", cfg.allow_foreign_cache)
-    special = {**{k: cache.encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
-    tokenizer = cache.tokenizer()
+    special = {**{k: assets.encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
+    tokenizer = assets.tokenizer()
 
     # 1. encode, as the cache would have stored the vectors
-    encoder = ReEncoder(cache.encoder_info, device, precision)
-    vectors = as_stored(encoder.encode(texts), stored_dtype(cache))  # [N, D]
+    encoder = encoder or ReEncoder(assets.encoder_info, device, precision)
+    vectors = as_stored(encoder.encode(texts), assets.vectors_dtype)  # [N, D]
     L = model.cfg.max_len
     pad = special.get("pad_id") or 0
     # oracle: the input's own token count (start and end tokens included), at most max_len
@@ -83,7 +99,7 @@ def run(cfg: EvalConfig, texts: list[str]) -> list[dict]:
     data = EvalData("sentences", vectors, ref_ids, [f"text-{i + 1}" for i in range(len(texts))], list(texts), None, 0, L)
     rule = resolve_length(cfg.length, model)
     lengths = decode_lengths(model, data, rule, pad, len(texts), device, precision)
-    noise, _ = training_noise(meta, run_dir)
+    noise, _ = training_noise(meta, run_dir or Path("."))
 
     def judge(cand_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return cosines_to([encoder.encode(to_texts(cand_ids, "sentences", tokenizer, special))], vectors[rows])[0]
@@ -120,8 +136,7 @@ def run(cfg: EvalConfig, texts: list[str]) -> list[dict]:
             "text": text, "output": outs[k][i], "cosine": round(float(cos[k, i]), 4),
             "forward_passes": int(runs[k].passes_per_row[i]), "candidate": k,
             "candidates": [o[i] for o in outs] if cfg.candidates > 1 else None,
-            "length": int(runs[k].lengths[i]),
-            "trajectory": render_text(traj), "_traj": traj,
+            "length": n, "trajectory": render_text(traj), "_traj": traj,
         })
         if refined is not None:
             results[-1].update({
@@ -129,6 +144,20 @@ def run(cfg: EvalConfig, texts: list[str]) -> list[dict]:
                 "cosine": round(float(refined[1][-1].cosine[i]), 4),
                 "refinement": [round(float(h.cosine[i]), 4) for h in refined[1]],
             })
+    return results
+
+
+def run(cfg: EvalConfig, texts: list[str]) -> list[dict]:
+    """Invert each of ``texts``; print and return, per text, the reconstruction, its cosine to the
+    text's vector, the forward passes and the trajectory."""
+    if not texts or not all(t.strip() for t in texts):
+        raise SgddError("give at least one non-empty text to invert")
+    default_threads()
+    run_dir = Path(cfg.run) if cfg.run else latest_run()
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    model, meta, assets = load_for_invert(run_dir, cfg.checkpoint, cfg.shards, device, cfg.allow_foreign_cache)
+    results = invert_texts(model, meta, assets, texts, cfg, device, precision, run_dir=run_dir)
     show(results, Sampling.of(cfg))
     if cfg.out:
         write(Path(cfg.out), results, dataclasses.asdict(Sampling.of(cfg)), str(run_dir))

@@ -5,6 +5,8 @@ and the special ids all come from the cache.
 Run directory (``cfg.out``, default ``runs/<cfg.name or cache directory name>``)::
 
     config.yaml                  the TrainConfig as given, written when training starts
+    encoder/                     tokenizer files, encoder.json and cache.json copied from the cache
+                                 (decoding and invert need nothing else; see sgdd.models.portable)
     metrics.jsonl                one JSON object per log line and one per validation
     checkpoints/last/            model.safetensors (+ ema.safetensors) + model.json + trainer.pt
     checkpoints/best/            model.safetensors (+ ema.safetensors) + model.json (lowest
@@ -27,6 +29,7 @@ Resuming refuses a changed config (listing every difference) except the fields i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -40,7 +43,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import yaml
-from tqdm import tqdm
 
 from sgdd.cache import format as fmt
 from sgdd.cache.identity import check_identity, encoder_identity
@@ -53,11 +55,13 @@ from sgdd.models.decoder import Decoder
 from sgdd.models.diffusion import (DEFAULT_CART_P, IGNORE_INDEX, TokenLossInputs, apply_mask, get_schedule, sample_noise,
                                    weighted_token_loss)
 from sgdd.models.ema import EMA
+from sgdd.models.portable import copy_encoder_files
 from sgdd.pipeline import distributed_train as ddp
 from sgdd.pipeline.config import (DecoderConfig, diff_dicts, DiffusionConfig, OptimConfig, TrainConfig, from_dict, load_yaml,
                                   to_dict)
 from sgdd.pipeline.distributed_train import DistInfo
 from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.log import get_logger, progress
 from sgdd.pipeline.runtime import Precision, default_threads, pick_device, pick_precision, seed_everything
 from sgdd.pipeline.trackers import Tracker, open_trackers
 
@@ -83,7 +87,7 @@ _MAIN = True  # False on ranks > 0: they print nothing
 def say(msg: str) -> None:
     """One line for the user, without breaking the progress bar (rank 0 only)."""
     if _MAIN:
-        tqdm.write(f"sgdd train: {msg}")
+        get_logger("train").info(msg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,6 +487,7 @@ class TrainState:
     clock: Clock = field(default_factory=Clock)
     step: int = 0
     best_val: float = math.inf
+    wrapped: nn.Module | None = None  # the model in DistributedDataParallel under torchrun, else None
 
 
 def new_state(model: Decoder, cfg: TrainConfig, data: TrainData, prec: Precision, device: torch.device,
@@ -516,34 +521,44 @@ class StepStats:
 def train_step(state: TrainState, view, cfg: TrainConfig, prec: Precision, device: torch.device) -> StepStats:
     """One optimizer step over exactly ``grad_accum`` global micro-batches."""
     model, ocfg, dist = state.model, cfg.optim, state.dist
+    net = state.wrapped if state.wrapped is not None else model  # forward/backward through DDP
     model.train()
     # 1. the step's samples: grad_accum global micro-batches of sample indices
     batches = [state.sampler.next_batch() for _ in range(ocfg.grad_accum)]
     n = sum(b.numel() for b in batches)
     # 2. the forward-process noise of all n global samples at once: t [n], u [n, L], drop [n]
     noise = draw_noise(n, view.length, cfg.diffusion, cfg.model.cond_drop, state.noise_rng)
-    # 3. this rank's share of each micro-batch; each backward carries 1/n per sample
+    # 3. this rank's share of each micro-batch; each backward carries world/n per sample (DDP
+    #    averages over ranks); gradients are exchanged only after the last micro-batch
     sums = torch.zeros(5, dtype=torch.float64, device=device)  # weighted loss, ce, correct, scored tokens, lengths right
     start, data_s = 0, 0.0
-    for idx in batches:
+    for k, idx in enumerate(batches):
         mine = ddp.shard(idx.numel(), dist.rank, dist.world)
         rows = slice(start + mine.start, start + mine.stop)
         start += idx.numel()
+        last = k == len(batches) - 1
+        weight = dist.world / n
         if mine.stop == mine.start:
-            continue
+            if not (last and state.wrapped is not None):
+                continue
+            # no sample here, but every rank joins the step's gradient exchange: a zero-weighted one
+            mine, rows, weight = slice(0, 1), slice(start - idx.numel(), start - idx.numel() + 1), 0.0
         began = time.perf_counter()
         batch = view.batch_unpadded(idx[mine]) if cfg.batching == "by_length" else view.batch(idx[mine])
         x0 = batch.x0.to(device, non_blocking=True)  # [b, L]
         z = batch.cond.to(device, non_blocking=True)  # [b, D]
         lengths = None if batch.lengths is None else batch.lengths.to(device)  # [b]
         data_s += time.perf_counter() - began
-        with prec.autocast():
-            parts = masked_diffusion_loss(model, x0, z, noise.select(rows, device), cfg.diffusion, cfg.given, lengths)
-        state.scaler.scale(parts.weighted / n).backward()
-        sums += torch.stack([parts.weighted.detach(), parts.ce_sum, parts.correct, parts.n_masked,
-                             parts.length_correct]).double()
-    # 4. gradients summed over ranks once per step, then one clip and one optimizer step
-    ddp.all_reduce_grads(dist, model)
+        sync = contextlib.nullcontext() if last or state.wrapped is None else net.no_sync()
+        with sync:
+            with prec.autocast():
+                parts = masked_diffusion_loss(net, x0, z, noise.select(rows, device), cfg.diffusion, cfg.given,
+                                              lengths)
+            state.scaler.scale(parts.weighted * weight).backward()
+        if weight:
+            sums += torch.stack([parts.weighted.detach(), parts.ce_sum, parts.correct, parts.n_masked,
+                                 parts.length_correct]).double()
+    # 4. the step's statistics summed over ranks, then one clip and one optimizer step
     ddp.all_reduce_sum(dist, sums)
     lr = state.optimizer.param_groups[0]["lr"]
     grad_norm = None
@@ -964,13 +979,16 @@ class Trainer:
             restore(self.state, self.run_dir)
             say(f"resumed {self.run_dir} at step {self.state.step}")
             validated_at = last_validation(self.run_dir / METRICS_FILE, self.state.step)
-        ddp.broadcast_params(self.dist, self.state.model)
+        self.state.wrapped = ddp.wrap(self.dist, self.state.model, self.device)  # rank 0's weights everywhere
+        if self.state.wrapped is not None:
+            say(f"DistributedDataParallel over {self.dist.world} processes ({torch.distributed.get_backend()})")
         ddp.barrier(self.dist)  # every rank has read the run directory before rank 0 writes to it
         self.metrics_path = self.run_dir / METRICS_FILE
         self.trackers: list[Tracker] = []
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_config(cfg, self.run_dir / CONFIG_FILE)
+            copy_encoder_files(open_cache(cfg.shards), self.run_dir)  # the run decodes without its cache
             reset_metrics(self.metrics_path, self.state.step if cfg.resume else None)
             self.trackers = open_trackers(cfg.report_to, self.run_dir, self.run_dir.name, to_dict(cfg))
         self.saved_at = self.state.step if cfg.resume else None
@@ -1031,8 +1049,8 @@ class Trainer:
         max_steps = cfg.optim.max_steps
         limit = max_steps if stop_at is None else min(stop_at, max_steps)
         meter = Meter()
-        bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=None if self.dist.is_main else True)
+        bar = progress(total=max_steps, initial=state.step, desc="train", unit="step", main=self.dist.is_main,
+                       logger="train")
         try:
             while state.step < limit and not state.clock.out:
                 iteration = time.perf_counter()
