@@ -89,7 +89,8 @@ recon_cpu() {  # the recipe; MINUTES overrides the preset's 120-minute budget
   train runs/recon-cpu --config configs/recon-cpu.yaml --set optim.max_minutes="${MINUTES:-120}"
 }
 recon_cpu_ablations() {  # each ABL_MINUTES (default 12) minutes, one change from the recipe each
-  local m=${ABL_MINUTES:-12} base=(--config configs/recon-cpu.yaml --set optim.max_minutes="$m" --set eval_every=0)
+  local m=${ABL_MINUTES:-12}
+  local base=(--config configs/recon-cpu.yaml --set optim.max_minutes="$m" --set eval_every=0)
   train runs/abl12-recipe "${base[@]}"
   train runs/abl12-scratch-adaln "${base[@]}" --set model.init_body=none --set model.conditioning=adaln \
     --set model.n_layers=4 --set model.d_model=256 --set model.n_heads=4

@@ -179,7 +179,8 @@ def _build(cls: type, config: str | None, overrides: dict, sets: tuple[str, ...]
 
 def _config_option(fn: Callable) -> Callable:
     return click.option("--config", "config", type=click.Path(dir_okay=False),
-                        help="YAML file with the stage's config; options override it.")(fn)
+                        help="YAML file with the stage's config, or a `sgdd run` file (its section for this "
+                             "stage is used); options override it.")(fn)
 
 
 def _set_option(fn: Callable) -> Callable:

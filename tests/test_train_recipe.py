@@ -133,3 +133,28 @@ def test_time_budget_stops_training_and_is_saved(body_cache, tmp_path, monkeypat
     assert ts["train_seconds"] >= 60.0 and ts["step"] == result.step
     last_lr = [r["lr"] for r in result.metrics if "lr" in r][-1]
     assert last_lr < 1e-3 * 0.5 and math.isfinite(last_lr)
+
+
+def test_adaln_body_starts_as_the_encoder_and_learns_from_the_condition(body_cache, tmp_path):
+    import copy
+
+    cfg = tiny_cfg(body_cache, tmp_path / "run", **BODY | {"model.conditioning": "adaln"})
+    model = build_model(cfg, load_data(cfg)).eval()
+    prefix = build_model(tiny_cfg(body_cache, tmp_path / "p", **BODY), load_data(cfg)).eval()
+    ids = torch.tensor([[0, 5, 6, 7, 2]])
+    z = torch.randn(1, model.cond_dim)
+    with torch.no_grad():
+        model.modulation.value = torch.zeros(1, 2 * model.n_norms, model.cfg.d_model)
+        plain = model.body(inputs_embeds=model.tok_emb(ids)).last_hidden_state
+        model.modulation.value = None
+        assert torch.allclose(model(ids, None, z), plain, atol=1e-6)  # zero-initialised: the pretrained body
+        body_keys = {k for k in model.state_dict() if k.startswith(BODY_PREFIX)}
+        assert body_keys == {k for k in prefix.state_dict() if k.startswith(BODY_PREFIX)}  # the encoder's keys
+        model.ada_mlp[2].bias.normal_()
+        moved = model(ids, None, z)
+        assert not torch.allclose(moved, plain, atol=1e-3)
+        ema = copy.deepcopy(model)  # a copy (the EMA model) modulates with its own condition
+        assert torch.allclose(ema(ids, None, z), moved, atol=1e-6)
+    result = fit(tiny_cfg(body_cache, tmp_path / "fit", **RECIPE | {"model.conditioning": "adaln",
+                                                                   "optim.max_steps": 3, "ema_decay": 0.9}))
+    assert result.step == 3

@@ -1,14 +1,17 @@
 """A decoder whose body is the frozen encoder's own pretrained transformer (``model.init_body:
 encoder``): the masked-diffusion decoder starts from what the encoder already knows about text.
 
-    z [B, Dz] ──MLP──► K prefix vectors [B, K, H] ─┐
-    x_t [B, L] ──word embeddings──► [B, L, H] ──────┴─► encoder embeddings (+positions, norm)
-                                                       └─► the encoder's first n_layers layers
-                                                           └─► hidden [B, L, H] (prefix dropped)
+How the condition z [B, Dz] enters (``model.conditioning``)::
+
+    prefix   z ──MLP──► K prefix vectors [B, K, H], placed before the word embeddings of x_t;
+             the body attends over both and the prefix positions are dropped from its output
+    adaln    z ──MLP──► a shift and a scale per LayerNorm of the body (two per layer): each norm's
+             output y becomes y * (1 + scale) + shift (AdaLN-Zero on a post-norm encoder)
+
     logits = LayerNorm(GELU(W h)) @ word_embeddings^T + b      (tied, as in BERT's MLM head)
 
-The prefix MLP's last layer starts at zero, so at step 0 the body sees the plain masked sentence
-and computes exactly its pretrained function. There is no time input: the share of mask tokens in
+Either way the MLP's last layer starts at zero, so at step 0 the body computes exactly its
+pretrained function on the masked sentence. There is no time input: the share of mask tokens in
 the input tells the model how far decoding is (MDLM drops it as well).
 
 Stage 2 never loads the encoder: ``sgdd collect`` stores its weights (``encoder/body.safetensors``)
@@ -64,6 +67,30 @@ def body_state(encoder_state: dict[str, torch.Tensor], body: nn.Module) -> dict[
     return {k: encoder_state[k] for k in wanted}
 
 
+class Modulation:
+    """The shifts and scales [B, 2 * norms, H] of the forward pass in progress (AdaLN), shared by
+    the decoder and its modulated norms (a deep copy, e.g. the EMA model, gets its own)."""
+
+    value: torch.Tensor | None = None
+
+
+class ModulatedLayerNorm(nn.LayerNorm):
+    """A pretrained LayerNorm (same parameters, same state-dict keys) whose output y becomes
+    y * (1 + scale) + shift, with norm ``index``'s shift and scale of the current condition."""
+
+    def __init__(self, norm: nn.LayerNorm, modulation: Modulation, index: int):
+        super().__init__(norm.normalized_shape, eps=norm.eps, elementwise_affine=norm.elementwise_affine,
+                         bias=norm.bias is not None)
+        self.load_state_dict(norm.state_dict())
+        self.modulation, self.index = modulation, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)  # [B, L, H]
+        mod = self.modulation.value
+        shift, scale = mod[:, 2 * self.index], mod[:, 2 * self.index + 1]  # [B, H] each
+        return y * (1 + scale[:, None].to(y.dtype)) + shift[:, None].to(y.dtype)
+
+
 class BodyDecoder(nn.Module):
     """The decoder interface of :class:`sgdd.models.decoder.Decoder` over a pretrained encoder body:
     ``condition(z, drop)``, ``forward(x_t, t, z, drop, kv)``, ``logits(hidden)``,
@@ -83,10 +110,24 @@ class BodyDecoder(nn.Module):
         if tuple(emb.weight.shape) != (vocab_size, embed_dim):
             raise SgddError(f"the encoder's word embeddings {tuple(emb.weight.shape)} do not fit the cache's "
                             f"vocabulary ({vocab_size}, {embed_dim})")
-        K = cfg.cond_tokens
-        self.prefix_mlp = nn.Sequential(nn.Linear(cond_dim, H), nn.GELU(), nn.Linear(H, K * H))
-        nn.init.zeros_(self.prefix_mlp[2].weight)  # step 0: the body sees the plain sentence
-        nn.init.zeros_(self.prefix_mlp[2].bias)
+        # the LayerNorms inside the layers (not the embeddings'): AdaLN modulates their outputs
+        names = [name for name, m in self.body.named_modules()
+                 if isinstance(m, nn.LayerNorm) and not name.startswith("embeddings")]
+        self.modulation = Modulation()
+        if cfg.conditioning == "adaln":
+            for i, name in enumerate(names):
+                parent, _, leaf = name.rpartition(".")
+                norm = self.body.get_submodule(name)
+                setattr(self.body.get_submodule(parent), leaf, ModulatedLayerNorm(norm, self.modulation, i))
+        self.n_norms = len(names)
+        out = cfg.cond_tokens * H if cfg.conditioning == "prefix" else 2 * len(names) * H
+        mlp = nn.Sequential(nn.Linear(cond_dim, H), nn.GELU(), nn.Linear(H, out))
+        nn.init.zeros_(mlp[2].weight)  # step 0: the body computes its pretrained function
+        nn.init.zeros_(mlp[2].bias)
+        if cfg.conditioning == "prefix":
+            self.prefix_mlp = mlp  # z -> K prefix vectors
+        else:
+            self.ada_mlp = mlp  # z -> a shift and a scale per norm
         self.null_cond = nn.Parameter(torch.zeros(cond_dim))  # learned "no condition" vector (CFG)
         self.head = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H, eps=1e-12))
         self.out_bias = nn.Parameter(torch.zeros(vocab_size))
@@ -113,11 +154,14 @@ class BodyDecoder(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def condition(self, z: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
-        """The prefix vectors [B, K, H] of conditions z [B, Dz] (null condition where ``drop``)."""
+        """What the body needs from conditions z [B, Dz] (the null condition where ``drop``):
+        prefix -> the prefix vectors [B, K, H]; adaln -> shift and scale per norm [B, 2 * norms, H]."""
         z = z.to(self.null_cond.dtype)
         if drop is not None:
             z = torch.where(drop[:, None], self.null_cond.expand_as(z), z)
-        return self.prefix_mlp(z).view(z.shape[0], self.cfg.cond_tokens, -1)
+        rows = self.cfg.cond_tokens if self.cfg.conditioning == "prefix" else 2 * self.n_norms
+        mlp = self.prefix_mlp if self.cfg.conditioning == "prefix" else self.ada_mlp
+        return mlp(z).view(z.shape[0], rows, -1)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | None = None, z: torch.Tensor | None = None,
                 drop: torch.Tensor | None = None, kv=None) -> torch.Tensor:
@@ -125,11 +169,17 @@ class BodyDecoder(nn.Module):
         B, L = x_t.shape
         if L > self.cfg.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.cfg.max_len}")
-        prefix = self.condition(z, drop) if kv is None else kv  # [B, K, H]
+        cond = self.condition(z, drop) if kv is None else kv
         words = self.tok_emb(x_t)  # [B, L, H]
-        inputs = torch.cat([prefix.to(words.dtype), words], dim=1)  # [B, K + L, H]
+        if self.cfg.conditioning == "adaln":
+            self.modulation.value = cond  # read by the modulated norms during this forward
+            try:
+                return self.body(inputs_embeds=words).last_hidden_state  # [B, L, H]
+            finally:
+                self.modulation.value = None
+        inputs = torch.cat([cond.to(words.dtype), words], dim=1)  # [B, K + L, H]
         out = self.body(inputs_embeds=inputs)  # every position is real: no attention mask
-        return out.last_hidden_state[:, prefix.shape[1]:]  # [B, L, H]
+        return out.last_hidden_state[:, cond.shape[1]:]  # [B, L, H]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., H] -> [..., V]; the mask token is never predicted. Row selections [M, H] are

@@ -103,8 +103,9 @@ class DecoderConfig:
         "none",
         "none (a transformer trained from scratch, sized by the fields above) or encoder (the frozen encoder's "
         "own pretrained layers, stored in the cache by `sgdd collect`, become the decoder's body: its first "
-        "n_layers layers, its hidden size and heads; the condition enters as cond_tokens prefix tokens from a "
-        "small MLP and there is no time input).",
+        "n_layers layers, its hidden size and heads; the condition enters as cond_tokens prefix tokens "
+        "(conditioning prefix) or as AdaLN-Zero shifts and scales of the body's norms (conditioning adaln), "
+        "both from a small zero-initialised MLP; there is no time input).",
     )
     length_head: bool = doc(False, "Predict each sentence's token count from the condition (a small MLP); decoding "
                             "then generates exactly that many positions instead of max_len padded ones.")
@@ -266,6 +267,10 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Stage 3."})
 
 
+# The section of a `sgdd run` file that each stage's --config reads from such a file.
+RUN_SECTIONS: dict[type, str] = {CollectConfig: "collect", TrainConfig: "train", EvalConfig: "eval"}
+
+
 # --------------------------------------------------------------------------------------------
 # dict / YAML conversion with strict keys
 # --------------------------------------------------------------------------------------------
@@ -351,7 +356,20 @@ def load_yaml(path: str | Path, cls: type) -> Any:
         raise SgddError(f"config file {path} is not valid YAML: {e}".replace("\n", " ")) from None
     if data is not None and not isinstance(data, dict):
         raise SgddError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    section = RUN_SECTIONS.get(cls)
+    if section and data and set(data) <= set(RUN_SECTIONS.values()):  # a `sgdd run` file: this stage's part
+        data = run_section(data, section)
     return from_dict(cls, data)
+
+
+def run_section(data: dict, section: str) -> dict:
+    """One stage's section of a `sgdd run` file, linked to the stage before it as `sgdd run` links
+    them: train reads the collected cache (collect.out), eval the trained run (train.out)."""
+    out = dict(data.get(section) or {})
+    before = {"train": ("shards", "collect"), "eval": ("run", "train")}.get(section)
+    if before and out.get(before[0]) is None and (data.get(before[1]) or {}).get("out"):
+        out[before[0]] = data[before[1]]["out"]
+    return out
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
@@ -464,9 +482,9 @@ def _check(cfg: Any) -> list[str]:
             p.append(f"model.dropout must be in [0, 1), got {cfg.dropout}")
         if cfg.init_body not in INIT_BODIES:
             p.append(f"model.init_body {cfg.init_body!r} unknown (valid: {', '.join(INIT_BODIES)})")
-        elif cfg.init_body == "encoder" and cfg.conditioning != "prefix":
-            p.append(f"model.init_body encoder takes the condition as prefix tokens: set model.conditioning prefix "
-                     f"(got {cfg.conditioning!r})")
+        elif cfg.init_body == "encoder" and cfg.conditioning not in ("prefix", "adaln"):
+            p.append(f"model.init_body encoder takes the condition as prefix tokens or AdaLN modulation of its norms: "
+                     f"set model.conditioning prefix or adaln (got {cfg.conditioning!r})")
     elif isinstance(cfg, DiffusionConfig):
         from sgdd.models.diffusion import LOSS_WEIGHTS, SCHEDULES
 
