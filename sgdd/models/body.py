@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from sgdd.models.decoder import ROW_BUCKET, LengthHead
+from sgdd.models.decoder import LengthHead, project_logits
 from sgdd.pipeline.config import DecoderConfig
 from sgdd.pipeline.errors import SgddError
 
@@ -182,14 +181,9 @@ class BodyDecoder(nn.Module):
         return out.last_hidden_state[:, cond.shape[1]:]  # [B, L, H]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[..., H] -> [..., V]; the mask token is never predicted. Row selections [M, H] are
-        padded to a multiple of ``ROW_BUCKET`` rows (see ``Decoder.logits``)."""
-        rows = hidden.shape[0] if hidden.dim() == 2 else None
-        if rows is not None and rows % ROW_BUCKET:
-            hidden = F.pad(hidden, (0, 0, 0, ROW_BUCKET - rows % ROW_BUCKET))
-        out = F.linear(self.head(hidden), self.output_weight, self.out_bias)
-        out[..., self.mask_id] = float("-inf")
-        return out if rows is None else out[:rows]
+        """[..., H] -> [..., V] through the head and the tied word embeddings; the mask token is
+        never predicted."""
+        return project_logits(self.head, hidden, self.output_weight, self.out_bias, self.mask_id)
 
     def length_logits(self, z: torch.Tensor) -> torch.Tensor:
         """[B, Dz] -> [B, max_len + 1] logits over the sentence's token count (special tokens included)."""

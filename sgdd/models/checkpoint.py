@@ -19,7 +19,6 @@ header, a truncated file or an unreadable ``trainer.pt`` are one line too (SgddE
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -31,6 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from sgdd.cache.format import file_sha256
 from sgdd.models.body import BodyDecoder
 from sgdd.models.decoder import Decoder
 from sgdd.pipeline.config import DecoderConfig, from_dict
@@ -57,14 +57,6 @@ def model_meta(model: Decoder, cache_dir: str | Path, special_ids: dict) -> dict
 
 def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_failed(what: Path, e: BaseException) -> SgddError:
@@ -94,7 +86,7 @@ def save_model(directory: str | Path, model: Decoder, meta: dict,
             files[EMA_FILE] = _cpu_state(ema_weights)
         for name, state in files.items():
             save_file(state, str(tmp / name))
-        meta = {**meta, FILES_KEY: {name: sha256_of(tmp / name) for name in files}}
+        meta = {**meta, FILES_KEY: {name: file_sha256(tmp / name) for name in files}}
         (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))
     except WRITE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -143,7 +135,7 @@ def load_weights(directory: str | Path, name: str, meta: dict | None = None,
     path = directory / name
     meta = read_meta(directory) if meta is None else meta
     expected = (meta.get(FILES_KEY) or {}).get(name)
-    if expected is not None and sha256_of(path) != expected:
+    if expected is not None and file_sha256(path) != expected:
         raise SgddError(f"{path} does not match the sha256 in {MODEL_META} (damaged or edited); "
                         "refusing to use it")
     try:

@@ -52,6 +52,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 ROW_BUCKET = 128  # see Decoder.logits
 
 
+def project_logits(head: nn.Module, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   mask_id: int) -> torch.Tensor:
+    """``head(hidden) @ weight^T + bias`` [..., V] with the mask token ruled out (-inf). A row
+    selection [M, d] is computed padded to a multiple of ``ROW_BUCKET`` rows (see ``Decoder.logits``)."""
+    rows = hidden.shape[0] if hidden.dim() == 2 else None
+    if rows is not None and rows % ROW_BUCKET:
+        hidden = F.pad(hidden, (0, 0, 0, ROW_BUCKET - rows % ROW_BUCKET))
+    out = F.linear(head(hidden), weight, bias)
+    out[..., mask_id] = float("-inf")
+    return out if rows is None else out[:rows]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
     """softmax(q k^T / sqrt(hd)) v over [B, H, L, hd]. On CPU the explicit form is ~3x faster than
     the fused kernel for the short sequences (<= 64 tokens) this decoder sees; elsewhere use SDPA."""
@@ -311,9 +323,4 @@ class Decoder(nn.Module):
         per matrix shape, which in bf16 grew a training process by gigabytes (and cost a
         compile per new shape). Bucketing keeps the shapes to a handful.
         """
-        rows = hidden.shape[0] if hidden.dim() == 2 else None
-        if rows is not None and rows % ROW_BUCKET:
-            hidden = F.pad(hidden, (0, 0, 0, ROW_BUCKET - rows % ROW_BUCKET))
-        out = F.linear(self.emb_out(hidden), self.output_weight, self.out_bias)
-        out[..., self.mask_id] = float("-inf")
-        return out if rows is None else out[:rows]
+        return project_logits(self.emb_out, hidden, self.output_weight, self.out_bias, self.mask_id)

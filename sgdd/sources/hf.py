@@ -14,7 +14,8 @@ from typing import Iterator
 
 from sgdd.pipeline.errors import SgddError
 from sgdd.sources import Record, Source, count
-from sgdd.sources.local import as_text, sha256_file
+from sgdd.cache.format import file_sha256
+from sgdd.sources.local import as_text
 from sgdd.sources.text import article_lines, clean_text
 
 PACKAGED_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
@@ -26,7 +27,7 @@ def _is_local(name: str, data_dir: str | None) -> bool:
 
 def _local_fingerprint(root: Path) -> dict:
     files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.parts))
-    return {str(p.relative_to(root)): sha256_file(p) for p in files}
+    return {str(p.relative_to(root)): file_sha256(p) for p in files}
 
 
 def _open(name: str, config: str | None, data_dir: str | None):
@@ -90,6 +91,6 @@ def hf_source(spec: str, data_dir: str | None, text_field: str = "text", source_
                    "fields": list(fields)}
     if local:
         root = Path(data_dir) if data_dir else Path(name)
-        fingerprint["files"] = _local_fingerprint(root) if root.is_dir() else {root.name: sha256_file(root)}
+        fingerprint["files"] = _local_fingerprint(root) if root.is_dir() else {root.name: file_sha256(root)}
     return Source(short, tuple(streams.keys()), fingerprint, read, kind="pairs" if pairs else "sentences",
                   document_reader=None if pairs else documents)

@@ -6,22 +6,14 @@ A row that cannot be read (bad UTF-8, bad JSON, a value that is not text) is cou
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Iterator
 
+from sgdd.cache.format import file_sha256
 from sgdd.pipeline.errors import SgddError
 from sgdd.sources import LOCAL_SUFFIXES, Record, Source, count
 from sgdd.sources.text import article_lines, clean_text
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def as_text(value, stats: dict) -> str | None:
@@ -158,7 +150,7 @@ def local_source(path: Path, text_field: str = "text", source_field: str | None 
             if text:
                 yield Record(f"{path.stem}-{i}", text)
 
-    fingerprint = {"kind": "file", "path": str(path.resolve()), "sha256": sha256_file(path),
+    fingerprint = {"kind": "file", "path": str(path.resolve()), "sha256": file_sha256(path),
                    "fields": list(fields)}
     return Source(path.stem, ("train",), fingerprint, read, kind="pairs" if pairs else "sentences",
                   document_reader=None if pairs else documents)

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 from sgdd.pipeline.errors import SgddError
 from sgdd.sources import Record, Source, count
-from sgdd.sources.local import sha256_file
+from sgdd.cache.format import file_sha256
 from sgdd.sources.text import clean_text
 
 GLUE_HUB = "nyu-mll/glue"
@@ -126,7 +126,7 @@ def pair_dataset(name: str, records: Callable, hub_config: str | None, data_dir:
         files = _split_files(root) if root.is_dir() else {}
         if not files:
             raise SgddError(f"--data-dir {root} holds no <split>.jsonl or <split>.parquet file for {name}")
-        fingerprint = {"kind": f"{name}-files", "files": {s: sha256_file(p) for s, p in files.items()}}
+        fingerprint = {"kind": f"{name}-files", "files": {s: file_sha256(p) for s, p in files.items()}}
 
         def read(split: str, stats: dict) -> Iterator[Record]:
             return records(_rows_local(files[split], stats), split, stats)
@@ -201,7 +201,7 @@ def paraphrase_mix(data_dir: str | None) -> Source:
 
     fingerprint = {"kind": "paraphrase-mix", "qqp_train_pairs": QQP_TRAIN_PAIRS,
                    "qqp_validation_pairs": QQP_VALIDATION_PAIRS,
-                   "files": {name: sha256_file(p) for name, p in files.items()}}
+                   "files": {name: file_sha256(p) for name, p in files.items()}}
     return Source("paraphrase-mix", ("train", "validation", "test"), fingerprint, read, kind="pairs")
 
 

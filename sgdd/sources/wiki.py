@@ -10,7 +10,7 @@ from typing import Iterator
 
 from sgdd.pipeline.errors import SgddError
 from sgdd.sources import Record, Source, count
-from sgdd.sources.local import sha256_file
+from sgdd.cache.format import file_sha256
 from sgdd.sources.text import article_lines, article_sentences
 
 WIKI_HUB = ("wikimedia/wikipedia", "20231101.en")
@@ -47,7 +47,7 @@ def wiki_source(data_dir: str | None) -> Source:
         if not root.is_dir() or len(missing) == len(WIKI_SPLITS):
             raise SgddError(f"--data-dir {root} holds none of {', '.join(s + '.parquet' for s in WIKI_SPLITS)}")
         splits = tuple(s for s in WIKI_SPLITS if (root / f"{s}.parquet").is_file())
-        fingerprint = {"kind": "wiki-parquet", "files": {s: sha256_file(root / f"{s}.parquet") for s in splits}}
+        fingerprint = {"kind": "wiki-parquet", "files": {s: file_sha256(root / f"{s}.parquet") for s in splits}}
         articles = lambda split: _articles_local(root, split)  # noqa: E731
     else:
         from sgdd.pipeline.hub import hub_reachable
