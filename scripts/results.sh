@@ -4,6 +4,7 @@
 # can be stopped and rerun. On a 2-core CPU it takes about 6 core-hours; RESULTS.md ran two or
 # three single-thread jobs side by side (OMP_NUM_THREADS=1), under 3 hours of wall time.
 #   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
+#   bash scripts/results.sh mtp-speculate   (separate: the MTP head as a speculative decoder, see its section)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
@@ -80,6 +81,27 @@ eval_ablations() {
   for run in runs/abl-base runs/abl-cosine runs/abl-ones runs/abl-adaln runs/abl-base-seed1; do
     $SGDD eval --run $run --split test --max-samples 500 "${RECON_METRICS[@]}" --out $run/eval-test
   done
+}
+
+# ------------------------------------------------------------------------------------------------
+# MTP head as a speculative decoder (`sgdd speculate`): a head trained on SmolLM2's own greedy
+# continuations (--generate), then greedy generation with it as drafter against plain greedy on
+# held-out prompts (the first test-split articles; training used train-split articles only).
+#   bash scripts/results.sh mtp-speculate
+# ------------------------------------------------------------------------------------------------
+mtp_speculate() {
+  OMP_NUM_THREADS=1 $SGDD collect --model SmolLM2-135M-Instruct --dataset wiki --data-dir "$DATA/wiki" \
+    --split train:150 --split validation:12 --sample-size 128 --stride 128 --generate --max-new-tokens 192 \
+    --dtype fp32 --precision fp32 --out cache/smollm2-gen
+  OMP_NUM_THREADS=1 train runs/mtp-smollm2-gen --config configs/mtp-cpu.yaml --shards cache/smollm2-gen \
+    --set given=1 --set consistent_labels=true --set optim.max_steps=300 --set optim.warmup_steps=50 \
+    --set eval_every=100 --set save_every=100 --set precision=fp32
+  $SGDD_PY -c 'import json, pyarrow.parquet as pq
+for t in pq.read_table("'"$DATA"'/wiki/test.parquet").column("text").to_pylist()[:20]:
+    print(json.dumps({"text": t[:2000]}))' > runs/mtp-smollm2-gen/prompts-test.jsonl
+  OMP_NUM_THREADS=1 $SGDD speculate --run runs/mtp-smollm2-gen --prompts runs/mtp-smollm2-gen/prompts-test.jsonl \
+    --prompt-tokens 128 --max-new-tokens 64 --draft-passes 1 --precision fp32 --device cpu \
+    --out runs/mtp-smollm2-gen/speculate-test
 }
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}
