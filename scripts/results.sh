@@ -91,13 +91,13 @@ eval_ablations() {
 # ------------------------------------------------------------------------------------------------
 mtp_speculate() {
   OMP_NUM_THREADS=1 $SGDD collect --model SmolLM2-135M-Instruct --dataset wiki --data-dir "$DATA/wiki" \
-    --split train:150 --split validation:12 --sample-size 128 --stride 128 --generate --max-new-tokens 192 \
+    --split train:96 --sample-size 128 --stride 128 --generate --max-new-tokens 192 \
     --dtype fp32 --precision fp32 --out cache/smollm2-gen
   OMP_NUM_THREADS=1 train runs/mtp-smollm2-gen --config configs/mtp-cpu.yaml --shards cache/smollm2-gen \
     --set given=1 --set consistent_labels=true --set optim.max_steps=300 --set optim.warmup_steps=50 \
     --set eval_every=100 --set save_every=100 --set precision=fp32
   $SGDD_PY -c 'import json, pyarrow.parquet as pq
-for t in pq.read_table("'"$DATA"'/wiki/test.parquet").column("text").to_pylist()[:20]:
+for t in pq.read_table("'"$DATA"'/wiki/test.parquet").column("text").to_pylist()[:12]:
     print(json.dumps({"text": t[:2000]}))' > runs/mtp-smollm2-gen/prompts-test.jsonl
   OMP_NUM_THREADS=1 $SGDD speculate --run runs/mtp-smollm2-gen --prompts runs/mtp-smollm2-gen/prompts-test.jsonl \
     --prompt-tokens 128 --max-new-tokens 64 --draft-passes 1 --precision fp32 --device cpu \

@@ -231,3 +231,18 @@ def test_speculate_refuses_a_sentence_decoder(tiny_cache, tmp_path, prompt_file)
         from sgdd.stages.speculate import run
 
         run(SpeculateConfig(run=str(run_dir), checkpoint="last", prompts=str(prompt_file), device="cpu"))
+
+
+def test_the_drafter_drafts_what_the_sampler_decodes(lm):
+    """Drafts = positions 1..L-1 of the head's own decode with the known token given (the drafter
+    only skips the row padding of the vocabulary projection)."""
+    from sgdd.decoding.maskgit import decode
+
+    head = random_head(lm, seed=3)
+    h = torch.randn(5, lm.hidden_size)
+    for sampling in (Sampling(steps=1), Sampling(sampler="entropy", steps=3)):
+        drafter = HeadDrafter(head, L, sampling, CPU, lm.precision)
+        for i in range(5):
+            ref = decode(head, h[i:i + 1], length=L, prefix=torch.tensor([[7 + i]]), sampler=sampling.sampler,
+                         steps=sampling.steps)
+            assert drafter(h[i], [1, 7 + i]) == ref[0, 1:].tolist()
