@@ -5,6 +5,7 @@
 # three single-thread jobs side by side (OMP_NUM_THREADS=1), under 3 hours of wall time.
 #   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
 #   bash scripts/results.sh recon-cpu-collect recon-cpu eval-recon-cpu recon-cpu-ablations eval-recon-cpu-ablations
+#   bash scripts/results.sh mtp-speculate   (separate: the MTP head as a speculative decoder, see its section)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
@@ -88,7 +89,7 @@ recon_cpu_collect() { $SGDD collect --config configs/recon-cpu.yaml; }
 recon_cpu() {  # the recipe; MINUTES overrides the preset's 120-minute budget
   train runs/recon-cpu --config configs/recon-cpu.yaml --set optim.max_minutes="${MINUTES:-120}"
 }
-recon_cpu_ablations() {  # each ABL_MINUTES (default 12) minutes, one change from the recipe each
+recon_cpu_ablations() {  # each ABL_MINUTES (default 12; RESULTS.md used 10) minutes, one change from the recipe each
   local m=${ABL_MINUTES:-12}
   local base=(--config configs/recon-cpu.yaml --set optim.max_minutes="$m" --set eval_every=0)
   train runs/abl12-recipe "${base[@]}"
@@ -96,6 +97,7 @@ recon_cpu_ablations() {  # each ABL_MINUTES (default 12) minutes, one change fro
     --set model.n_layers=4 --set model.d_model=256 --set model.n_heads=4
   train runs/abl12-pads "${base[@]}" --set batching=padded --set model.length_head=false
   train runs/abl12-iid "${base[@]}" --set diffusion.stratified=false
+  train runs/abl12-body-adaln "${base[@]}" --set model.conditioning=adaln
 }
 eval_recon_cpu() {  # 600 test sentences of <= 32 tokens: one decode of 16 steps, then the encoder as judge
   local run=runs/recon-cpu common=(--split test --max-samples 600 --steps 16)
@@ -103,9 +105,29 @@ eval_recon_cpu() {  # 600 test sentences of <= 32 tokens: one decode of 16 steps
   $SGDD eval --run $run "${common[@]}" --refine encoder --refine-steps 3 --out $run/eval-test-refine
 }
 eval_recon_cpu_ablations() {
-  for run in runs/abl12-recipe runs/abl12-scratch-adaln runs/abl12-pads runs/abl12-iid; do
+  for run in runs/abl12-recipe runs/abl12-scratch-adaln runs/abl12-pads runs/abl12-iid runs/abl12-body-adaln; do
     $SGDD eval --run $run --split test --max-samples 300 --steps 16 --out $run/eval-test
   done
+}
+# ------------------------------------------------------------------------------------------------
+# MTP head as a speculative decoder (`sgdd speculate`): a head trained on SmolLM2's own greedy
+# continuations (--generate), then greedy generation with it as drafter against plain greedy on
+# held-out prompts (the first test-split articles; training used train-split articles only).
+#   bash scripts/results.sh mtp-speculate
+# ------------------------------------------------------------------------------------------------
+mtp_speculate() {
+  OMP_NUM_THREADS=1 $SGDD collect --model SmolLM2-135M-Instruct --dataset wiki --data-dir "$DATA/wiki" \
+    --split train:96 --sample-size 128 --stride 128 --generate --max-new-tokens 192 \
+    --dtype fp32 --precision fp32 --out cache/smollm2-gen
+  OMP_NUM_THREADS=1 train runs/mtp-smollm2-gen --config configs/mtp-cpu.yaml --shards cache/smollm2-gen \
+    --set given=1 --set consistent_labels=true --set optim.max_steps=300 --set optim.warmup_steps=50 \
+    --set eval_every=100 --set save_every=100 --set precision=fp32
+  $SGDD_PY -c 'import json, pyarrow.parquet as pq
+for t in pq.read_table("'"$DATA"'/wiki/test.parquet").column("text").to_pylist()[:12]:
+    print(json.dumps({"text": t[:2000]}))' > runs/mtp-smollm2-gen/prompts-test.jsonl
+  OMP_NUM_THREADS=1 $SGDD speculate --run runs/mtp-smollm2-gen --prompts runs/mtp-smollm2-gen/prompts-test.jsonl \
+    --prompt-tokens 128 --max-new-tokens 64 --draft-passes 1 --precision fp32 --device cpu \
+    --out runs/mtp-smollm2-gen/speculate-test
 }
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}

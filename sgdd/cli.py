@@ -1,4 +1,4 @@
-"""The `sgdd` command line: collect, train, eval, run, cache {info,verify}.
+"""The `sgdd` command line: collect, train, eval, run, speculate, cache {info,verify}.
 
 Every stage option is generated from its config dataclass, so `--help`, YAML files and
 error messages describe the same fields. `--config FILE` loads a YAML file first; options
@@ -26,6 +26,7 @@ from sgdd.pipeline.config import (
     parse_set,
 )
 from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.speculate_config import SpeculateConfig
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,6 +223,7 @@ def cli(verbose: int, quiet: int) -> None:
              sgdd invert    encode a text, decode it, show the reconstruction and its trajectory
              sgdd run       all three from one YAML file
              sgdd export    save a run as a self-contained folder (sgdd push: to the Hub)
+             sgdd speculate greedy generation with an MTP head as drafter, timed against greedy
     """
     from sgdd.pipeline.log import setup
 
@@ -371,6 +373,25 @@ def push(run_path: str, repo_id: str, checkpoint: str | None, private: bool | No
 
     url = load_run(run_path, checkpoint=checkpoint, device="cpu", precision="fp32").push_to_hub(repo_id, private=private)
     click.echo(f"pushed to {url}")
+
+
+@cli.command()
+@_config_option
+@config_options(SpeculateConfig)
+@user_errors
+def speculate(config: str | None, overrides: dict) -> None:
+    """Greedy generation of the base causal LM with an MTP head as drafter (draft, verify in one
+    forward, roll back the KV cache), against plain greedy generation of the same prompts: writes
+    report.json / report.md (acceptance length, tokens/s, speed-up); exit 1 if the outputs differ.
+
+    \b
+    Example:
+      sgdd speculate --run runs/mtp-smollm2-gen --prompts prompts.txt --max-new-tokens 128 --out runs/spec
+    """
+    from sgdd.stages import speculate as stage
+
+    out = stage.run(_build(SpeculateConfig, config, overrides))
+    click.echo(f"report written to {out}")
 
 
 @cli.group()

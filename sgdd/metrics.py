@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from sgdd.models.diffusion import IGNORE_INDEX
 from sgdd.pipeline.errors import SgddError
 
 # iBLEU = alpha * BLEU(out, ref) - (1 - alpha) * BLEU(out, src) (Sun & Zhou, ACL 2012). alpha = 0.8
@@ -245,10 +246,12 @@ def bow_f1(hyps: Sequence[str], refs: Sequence[str], **_) -> float:
 def position_accuracy(hyps: Sequence[str], refs: Sequence[str], *, pred_ids: torch.Tensor | None = None,
                       ref_ids: torch.Tensor | None = None, given: int = 0, **_) -> dict[str, float]:
     """Top-1 accuracy of each drafted block position k = given+1..L against the base model's
-    tokens (``position_accuracy@k``; the first ``given`` positions were not drafted). Medusa
+    tokens (``position_accuracy@k``; the first ``given`` positions were not drafted), over the
+    rows that have a label there (not ``IGNORE_INDEX``). Medusa
     reports 56 / 32 / 20 / 15 / 12 for its heads 1-5 on Vicuna-7B, which draft positions 2-6."""
     pred, ref = _ids_of("position_accuracy", hyps, pred_ids, ref_ids)
-    acc = (pred.to(ref.device) == ref).float().mean(0) * 100  # [L]
+    labelled = ref != IGNORE_INDEX  # [N, L] (self-consistent labels leave some out)
+    acc = ((pred.to(ref.device) == ref) & labelled).sum(0) / labelled.sum(0).clamp_min(1) * 100  # [L]
     return {f"position_accuracy@{k}": float(a) for k, a in enumerate(acc.tolist(), start=1) if k > given}
 
 

@@ -17,6 +17,14 @@ Positions whose block runs past the window's end (l > length - L), ``block_tail`
 ``skip`` leaves them out (every sample has L real labels); ``ignore`` keeps them and fills the
 missing labels with ``IGNORE_INDEX``: those positions are always mask tokens in the input and
 never scored, so the head learns the tokens that exist without being told anything false.
+
+Self-consistent labels (``consistent``): in a window of document text, label k of a block,
+output_ids[l + k], is the base model's greedy token *given the document's* token at l + k, which
+a greedy verifier only sees when the chain before it stayed greedy: output_ids[l + j - 1] ==
+input_ids[l + j] for every j = 1..k. From the first position where it does not, the block's
+labels become ``IGNORE_INDEX`` (mask tokens, never scored). On by default for a cache collected
+without ``--generate`` (see :func:`consistent_default`); a cache of the model's own greedy
+continuations already has such chains after its prompt.
 """
 
 from __future__ import annotations
@@ -174,6 +182,7 @@ class NextBlockView:
     tail: str
     hidden_size: int
     dropped: int = 0  # rows with no usable position
+    greedy: torch.Tensor | None = None  # [N, S + L] bool: output_ids[n, p] == input_ids[n, p + 1] (consistent labels)
     name = "next_block"
 
     def __len__(self) -> int:
@@ -196,7 +205,15 @@ class NextBlockView:
         rows, pos = self.locate(idx)
         cols = pos[:, None] + torch.arange(self.block_length)  # [b, L]
         x0 = self.labels[rows[:, None], cols]  # [b, L]
+        if self.greedy is not None:  # label k stands while the chain l .. l+k-1 stayed greedy
+            chain = self.greedy[rows[:, None], cols[:, :-1]].long().cumprod(1)  # [b, L - 1]
+            keep = torch.cat([torch.ones_like(chain[:, :1]), chain], 1).bool()  # [b, L]
+            x0 = x0.masked_fill(~keep, IGNORE_INDEX)
         return Batch(x0, self.hidden.gather(rows, pos))
+
+    @property
+    def consistent(self) -> bool:
+        return self.greedy is not None
 
 
 def _check_windows(split: CacheSplit) -> tuple[int, int]:
@@ -217,9 +234,28 @@ def _check_windows(split: CacheSplit) -> tuple[int, int]:
     return int(S), int(H)
 
 
+def consistent_default(split: CacheSplit) -> bool:
+    """Self-consistent labels by default: on unless the split was collected with ``--generate``."""
+    windows = split.manifest.get("settings", {}).get("windows") or {}
+    return not windows.get("generate", False)
+
+
+def greedy_chain(inputs: torch.Tensor, outputs: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                 shape: tuple[int, int]) -> torch.Tensor:
+    """``shape`` [N, S + L] bool from the flat input and output ids of the windows (``rows``,
+    ``cols``: where each flat token sits): True where position p is followed by the base model's
+    own greedy token (output_ids[n, p] == input_ids[n, p + 1]), and from each window's last
+    position on (no label depends on what follows it)."""
+    out = torch.ones(shape, dtype=torch.bool)
+    follows = (rows[1:] == rows[:-1])  # [T - 1] token i + 1 is in the same window as token i
+    out[rows[:-1][follows], cols[:-1][follows]] = (outputs[:-1] == inputs[1:])[follows]
+    return out
+
+
 def next_block_view(split: CacheSplit, block_length: int, tail: str = "skip",
-                    max_rows: int | None = None) -> NextBlockView:
-    """The next-block view of the first ``max_rows`` windows of ``split``."""
+                    max_rows: int | None = None, consistent: bool | None = False) -> NextBlockView:
+    """The next-block view of the first ``max_rows`` windows of ``split``; ``consistent``: labels
+    stop where the chain leaves greedy (None = :func:`consistent_default`)."""
     if tail not in BLOCK_TAILS:
         raise SgddError(f"unknown block_tail {tail!r} (valid: {', '.join(BLOCK_TAILS)})")
     S, H = _check_windows(split)
@@ -238,12 +274,20 @@ def next_block_view(split: CacheSplit, block_length: int, tail: str = "skip",
     rows = torch.repeat_interleave(torch.arange(n), lengths_t)
     starts = torch.cumsum(lengths_t, 0) - lengths_t  # [N]
     labels = torch.full((n, S + block_length), IGNORE_INDEX, dtype=torch.long)
-    labels[rows, torch.arange(flat.numel()) - starts[rows]] = flat
+    cols = torch.arange(flat.numel()) - starts[rows]  # [T] position of each flat token in its window
+    labels[rows, cols] = flat
     per_row = (lengths_t - block_length + 1).clamp_min(0) if tail == "skip" else lengths_t  # [N]
     if int(per_row.sum()) == 0:
         raise SgddError(f"no window of {split.dir} has a full block of {block_length} tokens "
                         "(use a shorter block_length or block_tail ignore)")
     offsets = torch.zeros(n + 1, dtype=torch.long)
     offsets[1:] = per_row.cumsum(0)
+    if consistent is None:
+        consistent = consistent_default(split)
+    greedy = None
+    if consistent:
+        inputs = split.table.column("input_ids").slice(0, n).combine_chunks().flatten()
+        inputs = torch.tensor(inputs.to_numpy(zero_copy_only=False), dtype=torch.long)  # [T]
+        greedy = greedy_chain(inputs, flat, rows, cols, tuple(labels.shape))
     return NextBlockView(labels, HiddenStates(split, n), offsets, block_length, tail, H,
-                         dropped=int((per_row == 0).sum()))
+                         dropped=int((per_row == 0).sum()), greedy=greedy)

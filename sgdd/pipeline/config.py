@@ -188,6 +188,12 @@ class TrainConfig:
         "Next-block view, positions whose block runs past the window's end: skip them, or ignore (train "
         "on the tokens that exist; the missing ones are mask tokens that are never scored).",
     )
+    consistent_labels: bool | None = doc(
+        None,
+        "Next-block view: stop scoring a block after its first position whose label chain leaves greedy "
+        "(output_ids[l+k-1] != input_ids[l+k]), since a greedy verifier never sees the labels after it. "
+        "null = on for a windows cache collected without --generate, off for one with it.",
+    )
     init_from: str | None = doc(None, "Start from the weights of this run (its best checkpoint, EMA if saved) or checkpoint directory.")
     allow_foreign_cache: bool = doc(False, "Resume or --init-from with a cache whose encoder identity (weights, "
                                     "tokenizer, pooling, layer, stored dtype, precision) differs from the run's.")

@@ -52,7 +52,7 @@ from sgdd.decoding.sweep import expand_sweep, label
 from sgdd.decoding.trajectory import render_text, trajectory_of
 from sgdd.metrics import compute_metrics, get_metric
 from sgdd.models.checkpoint import MODEL_FILE, load_model
-from sgdd.models.diffusion import Schedule, get_schedule
+from sgdd.models.diffusion import IGNORE_INDEX, Schedule, get_schedule
 from sgdd.pipeline.config import EvalConfig, save_yaml
 from sgdd.pipeline.errors import SgddError
 from sgdd.pipeline.log import progress
@@ -249,8 +249,10 @@ def load_sentences(split: CacheSplit, kind: str, length: int, special: dict, tok
                     tokens_to_text(view.ids, tokenizer, special), sources, view.dropped, length)
 
 
-def load_windows(split: CacheSplit, length: int, tokenizer, max_samples: int | None) -> EvalData:
-    """Every position l of the windows whose block of ``length`` base-model tokens is complete."""
+def load_windows(split: CacheSplit, length: int, tokenizer, max_samples: int | None,
+                 consistent: bool = False) -> EvalData:
+    """Every position l of the windows whose block of ``length`` base-model tokens is complete;
+    ``consistent``: labels after the chain leaves greedy are IGNORE_INDEX (as the run trained)."""
     lengths = torch.tensor(split.table.column("length").to_pylist(), dtype=torch.long)
     if lengths.numel() == 0:
         raise SgddError(f"split {split.dir} is empty")
@@ -258,14 +260,15 @@ def load_windows(split: CacheSplit, length: int, tokenizer, max_samples: int | N
     rows = split.num_rows
     if max_samples is not None and int(per_row[-1]) > max_samples:
         rows = int(torch.searchsorted(per_row, torch.tensor(max_samples))) + 1
-    view = next_block_view(split, length, "skip", max_rows=rows)
+    view = next_block_view(split, length, "skip", max_rows=rows, consistent=consistent)
     n = len(view) if max_samples is None else min(len(view), max_samples)
     idx = torch.arange(n)
     batch = view.batch(idx)
     row, pos = view.locate(idx)
     ids = split.column("id")
     return EvalData("windows", batch.cond, batch.x0, [f"{ids[r]}@{p}" for r, p in zip(row.tolist(), pos.tolist())],
-                    tokenizer.batch_decode(batch.x0.tolist()), None, view.dropped, length)
+                    tokenizer.batch_decode([[t for t in r if t != IGNORE_INDEX] for r in batch.x0.tolist()]),
+                    None, view.dropped, length)
 
 
 def load_data(split: CacheSplit, model, meta: dict, special: dict, tokenizer, max_samples: int | None,
@@ -274,7 +277,8 @@ def load_data(split: CacheSplit, model, meta: dict, special: dict, tokenizer, ma
     if kind not in TASKS:
         raise SgddError(f"split {split.dir} has kind {kind!r}; sgdd eval knows {', '.join(TASKS)}")
     if kind == "windows":
-        return load_windows(split, meta.get("block_length") or model.cfg.max_len, tokenizer, max_samples)
+        return load_windows(split, meta.get("block_length") or model.cfg.max_len, tokenizer, max_samples,
+                            bool(meta.get("consistent_labels")))
     return load_sentences(split, kind, model.cfg.max_len, special, tokenizer, max_samples, max_tokens)
 
 

@@ -131,7 +131,7 @@ def build_view(cfg: TrainConfig, split: CacheSplit, view: str, ids: dict, max_ro
         if out.dropped:
             say(f"left out {out.dropped} rows of {split.name} longer than model.max_len={cfg.model.max_len}")
         return out
-    out = next_block_view(split, cfg.block_length, cfg.block_tail, max_rows)
+    out = next_block_view(split, cfg.block_length, cfg.block_tail, max_rows, cfg.consistent_labels)
     if out.dropped:
         say(f"{out.dropped} windows of {split.name} are shorter than block_length={cfg.block_length} (no sample)")
     return out
@@ -1001,7 +1001,8 @@ class Trainer:
             "step": self.state.step, "view": self.data.view, "tokenizer_sha256": self.data.tokenizer_sha256,
             "ema_decay": self.cfg.ema_decay or None, "encoder": self.data.identity, "batching": self.cfg.batching,
             "diffusion": {"schedule": self.cfg.diffusion.schedule, "kappa": self.cfg.diffusion.kappa}} | (
-            {"block_length": self.data.train.length, "block_tail": self.cfg.block_tail, "given": self.cfg.given}
+            {"block_length": self.data.train.length, "block_tail": self.cfg.block_tail, "given": self.cfg.given,
+             "consistent_labels": self.data.train.consistent}
             if self.data.view == "next_block" else {})
 
     def log(self, row: dict) -> None:

@@ -1,0 +1,207 @@
+"""Speculative greedy decoding with the MTP head as drafter (draft, verify, roll back).
+
+The base causal LM generates greedily with its KV cache. Before each verification pass it has
+processed the sequence up to some token x_n, holds the hidden state h_n there and knows its own
+next token b = argmax LM(h_n) (not yet processed). Then:
+
+1. **draft**: the MTP head decodes a block of L tokens conditioned on h_n with b given at
+   position 0, in ``draft_passes`` denoising passes of any sampler: drafts d_1 .. d_{L-1};
+2. **verify**: one forward of the base model over [b, d_1, .., d_{L-1}] gives its greedy token
+   g_j after each of them; d_{j+1} is accepted while d_{j+1} == g_j, left to right;
+3. **roll back**: the KV cache keeps b and the a accepted drafts, the rest is cropped; the new
+   "next token" is g_a, the base model's own token after the last accepted one.
+
+One pass therefore adds a + 1 tokens (accepted drafts + the base model's own token), at most L:
+the ``acceptance_length`` (Medusa's acceleration rate, EAGLE's tau). Whatever the drafts, the
+output is the base model's greedy output, token for token; :func:`greedy` is the reference
+loop (one token per forward, same KV cache and code path) it is compared with.
+
+A drafter is any callable ``(h [H] float32, continuation) -> drafts``, where the continuation
+so far ends with b; :class:`HeadDrafter` wraps a trained head. :func:`speculate` and :func:`greedy` take a :class:`BaseLM` (the base model of a
+:class:`sgdd.models.causal_lm.FrozenCausalLM`), so a notebook can call them directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from sgdd.decoding.maskgit import decode
+from sgdd.decoding.samplers import Sampling
+from sgdd.pipeline.runtime import Precision
+
+Drafter = Callable[[torch.Tensor, list[int]], list[int]]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class BaseLM:
+    """One sequence through a causal LM with a KV cache: ``start`` (the prompt), ``extend``
+    (new tokens), ``rollback`` (crop the cache). ``lm``: a FrozenCausalLM (its ``base``
+    transformer, LM ``head``, ``device``, ``precision``). ``layer``: the hidden state the MTP
+    head was trained on (-1 = the LM head's input, as the cache stored it); ``stored_dtype``:
+    the cache's dtype of it, so the head sees h rounded as in training."""
+
+    def __init__(self, lm, layer: int = -1, stored_dtype: torch.dtype = torch.float32):
+        self.lm, self.layer, self.stored_dtype = lm, layer, stored_dtype
+        self.device: torch.device = lm.device
+        self.precision: Precision = lm.precision
+        self.cache = None
+        self.forwards = 0
+        # transformers >= 5.x names the argument ``cache`` (``past_key_values`` is deprecated there)
+        params = inspect.signature(lm.base.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    @property
+    def length(self) -> int:
+        """Tokens in the KV cache."""
+        return 0 if self.cache is None else self.cache.get_seq_length()
+
+    @torch.inference_mode()
+    def _forward(self, ids: list[int], hidden: bool) -> tuple[list[int], torch.Tensor | None]:
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, n]
+        want_layer = hidden and self.layer != -1
+        with self.precision.autocast():
+            out = self.lm.base(input_ids=x, **{self._cache_arg: self.cache}, use_cache=True,
+                               output_hidden_states=want_layer)
+            last = out.last_hidden_state[0]  # [n, H] after the final norm: the LM head's input
+            greedy = self.lm.head(last).argmax(-1)  # [n]
+        self.forwards += 1  # (the DynamicCache grew in place)
+        h = None
+        if hidden:
+            h = (out.hidden_states[self.layer][0] if want_layer else last).to(self.stored_dtype).float()  # [n, H]
+        return greedy.tolist(), h
+
+    def start(self, prompt: list[int], hidden: bool = True) -> tuple[int, torch.Tensor | None]:
+        """A new sequence: process the prompt -> (its next token, h at its last position [H])."""
+        if not prompt:
+            raise ValueError("an empty prompt")
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache()
+        greedy, h = self._forward(prompt, hidden)
+        return greedy[-1], None if h is None else h[-1]
+
+    def extend(self, ids: list[int], hidden: bool = True) -> tuple[list[int], torch.Tensor | None]:
+        """Process ``ids`` after the cached tokens -> (greedy token after each [n], hidden [n, H])."""
+        return self._forward(ids, hidden)
+
+    def rollback(self, keep: int) -> None:
+        """Keep the first ``keep`` cached tokens. ``crop(-n)`` drops the last n tokens in every
+        transformers version that has DynamicCache.crop (4.x: negative = tokens to remove;
+        5.x: only negative values are accepted)."""
+        drop = self.length - keep
+        assert drop >= 0, (self.length, keep)
+        if drop:
+            self.cache.crop(-drop)
+        assert self.length == keep
+
+
+def _finish(tokens: list[int], max_new_tokens: int, eos_id: int | None) -> list[int]:
+    """Cut at ``max_new_tokens`` and after the first end token."""
+    tokens = tokens[:max_new_tokens]
+    if eos_id is not None and eos_id in tokens:
+        tokens = tokens[: tokens.index(eos_id) + 1]
+    return tokens
+
+
+@dataclass
+class Generation:
+    """One prompt's continuation."""
+
+    tokens: list[int]  # new tokens (ending at the first end token, if one came)
+    seconds: float  # wall clock, prompt included
+    forwards: int  # base-model forward passes (the prompt's included)
+    accepted: list[int] = field(default_factory=list)  # speculative: tokens added by each verification pass
+    draft_seconds: float = 0.0  # speculative: time spent in the drafter
+
+
+def greedy(lm: BaseLM, prompt: list[int], max_new_tokens: int, eos_id: int | None = None) -> Generation:
+    """Plain greedy decoding with the KV cache: one forward per new token."""
+    _sync(lm.device)
+    start, forwards = time.perf_counter(), lm.forwards
+    token, _ = lm.start(prompt, hidden=False)
+    out = [token]
+    while len(out) < max_new_tokens and token != eos_id:
+        token = lm.extend([token], hidden=False)[0][-1]
+        out.append(token)
+    _sync(lm.device)
+    return Generation(_finish(out, max_new_tokens, eos_id), time.perf_counter() - start, lm.forwards - forwards)
+
+
+def speculate(lm: BaseLM, drafter: Drafter, prompt: list[int], max_new_tokens: int,
+              eos_id: int | None = None, vocab_size: int | None = None) -> Generation:
+    """Greedy decoding of ``prompt`` with ``drafter``'s drafts verified by ``lm`` (module docstring).
+    Drafts from ``vocab_size`` on (e.g. the head's mask token) end the draft there."""
+    _sync(lm.device)
+    start, forwards, drafting = time.perf_counter(), lm.forwards, 0.0
+    token, h = lm.start(prompt)
+    out, accepted = [token], []
+    while len(out) < max_new_tokens and token != eos_id:
+        t0 = time.perf_counter()
+        drafts = list(drafter(h, out))
+        _sync(lm.device)
+        drafting += time.perf_counter() - t0
+        if vocab_size is not None:
+            drafts = drafts[: next((i for i, d in enumerate(drafts) if not 0 <= d < vocab_size), len(drafts))]
+        before = lm.length
+        verdict, hidden = lm.extend([token] + drafts)  # [1 + D], [1 + D, H]
+        a = 0
+        while a < len(drafts) and drafts[a] == verdict[a]:
+            a += 1
+        lm.rollback(before + 1 + a)  # b and the accepted drafts stay
+        new = drafts[:a] + [verdict[a]]
+        out += new
+        accepted.append(a + 1)
+        token, h = verdict[a], hidden[a]
+        if eos_id is not None and eos_id in drafts[:a]:
+            break
+    _sync(lm.device)
+    return Generation(_finish(out, max_new_tokens, eos_id), time.perf_counter() - start, lm.forwards - forwards,
+                      accepted, drafting)
+
+
+class _FewRows:
+    """The head as :func:`decode` sees it, except that the vocabulary projection of the few open
+    rows of a draft (at most L - 1) is not padded to the decoder's row bucket (128 rows: 40x the
+    work of a 3-token draft at a 49k vocabulary). Everything else is the head's own."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def __call__(self, *args, **kwargs):
+        return self._model(*args, **kwargs)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.dim() == 2:  # [M, d] -> [1, M, d]: the unpadded path -> [M, V]
+            return self._model.logits(hidden[None])[0]
+        return self._model.logits(hidden)
+
+
+class HeadDrafter:
+    """A trained MTP head as drafter: a block of ``block_length`` tokens conditioned on h, the
+    base model's own next token given at position 0, decoded in ``sampling.steps`` passes."""
+
+    def __init__(self, model, block_length: int, sampling: Sampling, device: torch.device, precision: Precision,
+                 seed: int = 0):
+        self.model, self.L, self.device, self.precision = _FewRows(model.to(device).eval()), block_length, device, precision
+        self.kwargs = dataclasses.asdict(sampling.check())
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, h: torch.Tensor, continuation: list[int]) -> list[int]:
+        z = h[None].to(self.device)  # [1, H]
+        prefix = torch.tensor([continuation[-1:]], dtype=torch.long, device=self.device)  # [1, 1] the known token b
+        with self.precision.autocast():
+            ids = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix, **self.kwargs)  # [1, L]
+        return ids[0, 1:].tolist()

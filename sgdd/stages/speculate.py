@@ -1,0 +1,246 @@
+"""`sgdd speculate`: greedy generation of the base causal LM with a trained MTP head as drafter,
+measured against plain greedy generation of the same prompts in the same process.
+
+The base model is the one the run's cache was collected from (model path and GGUF file from the
+cache's collect config, or ``--model``), checked against the cache's weight and tokenizer
+fingerprints. For every prompt: plain greedy (:func:`sgdd.decoding.speculate.greedy`), then the
+draft-verify loop (:func:`sgdd.decoding.speculate.speculate`); the two outputs must be equal
+token for token, or the command fails (after writing the report, which names the first
+difference). Writes into ``--out``:
+
+- ``report.json``  acceptance_length (mean tokens per verification pass) and its histogram,
+                   tokens/s of both loops, speedup (greedy wall clock / speculative wall clock),
+                   identical_to_greedy, and where everything came from
+- ``report.md``    the same as a table, with ``acceptance.png`` (matplotlib, if installed)
+- ``samples.jsonl`` one line per prompt: prompt, continuation, tokens per pass
+- ``speculate-config.yaml`` the resolved config
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import click
+import torch
+
+from sgdd.cache import format as fmt
+from sgdd.cache.format import write_json_atomic
+from sgdd.cache.reader import Cache, open_cache
+from sgdd.decoding.samplers import Sampling
+from sgdd.decoding.speculate import BaseLM, Generation, HeadDrafter, greedy, speculate
+from sgdd.pipeline.config import save_yaml
+from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.runtime import default_threads, pick_device, pick_precision, seed_everything
+from sgdd.pipeline.speculate_config import SpeculateConfig
+from sgdd.stages.evaluate import checkpoint_dir, latest_run, load_checkpoint
+
+FINGERPRINT_KEYS = ("weights_sha256", "tokenizer_sha256", "model_type")
+PROMPT_FIELDS = ("prompt", "text")  # a jsonl prompt file: the first of these fields a line has
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+def read_prompts(path: str | None, limit: int | None) -> list[str]:
+    if path is None:
+        raise SgddError("give a prompt file: --prompts FILE (.txt, one prompt a line, or .jsonl)")
+    p = Path(path)
+    if not p.is_file():
+        raise SgddError(f"prompt file {p} does not exist")
+    prompts = []
+    for n, line in enumerate(p.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        if p.suffix == ".jsonl":
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise SgddError(f"{p} line {n} is not JSON") from None
+            field = next((f for f in PROMPT_FIELDS if isinstance(row, dict) and f in row), None)
+            if field is None:
+                raise SgddError(f"{p} line {n} has no field {' or '.join(PROMPT_FIELDS)}")
+            line = row[field]
+        prompts.append(line)
+    if not prompts:
+        raise SgddError(f"prompt file {p} holds no prompt")
+    return prompts[:limit] if limit is not None else prompts
+
+
+def collect_source(cache: Cache) -> tuple[dict, dict]:
+    """(collect config, settings) of the cache's first split."""
+    manifest = cache.split(cache.splits[0], verify=False).manifest
+    if manifest.get("kind") != "windows":
+        raise SgddError(f"cache {cache.dir} is a {manifest.get('kind')} cache; speculate needs an LLM windows cache")
+    return manifest.get("collect_config") or {}, manifest["settings"]
+
+
+def load_base(cache: Cache, cfg: SpeculateConfig, device: torch.device, precision):
+    """The cache's base causal LM, checked against its fingerprints."""
+    from sgdd.models.causal_lm import FrozenCausalLM
+
+    collected, settings = collect_source(cache)
+    name = cfg.model or collected.get("model") or settings["encoder"]["model"]
+    lm = FrozenCausalLM(name, device, precision, collected.get("gguf_file"))
+    ours, theirs = lm.fingerprint(), settings["encoder"]
+    differ = [k for k in FINGERPRINT_KEYS if theirs.get(k) is not None and ours.get(k) != theirs[k]]
+    if differ:
+        raise SgddError(f"model {name!r} is not the one cache {cache.dir} was collected with "
+                        f"(different {', '.join(differ)}); pass --model with that model")
+    return lm, settings
+
+
+# --------------------------------------------------------------------------------------------
+# the measurement
+# --------------------------------------------------------------------------------------------
+def first_difference(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def summary(greedy_runs: list[Generation], spec_runs: list[Generation], block_length: int) -> dict:
+    passes = [n for g in spec_runs for n in g.accepted]
+    tokens = sum(len(g.tokens) for g in greedy_runs)
+    g_sec, s_sec = sum(g.seconds for g in greedy_runs), sum(g.seconds for g in spec_runs)
+    hist = Counter(passes)
+    return {
+        "acceptance_length": sum(passes) / max(len(passes), 1),
+        "acceptance_histogram": {str(k): hist.get(k, 0) for k in range(1, block_length + 1)},
+        "verification_passes": len(passes),
+        "tokens": tokens,
+        "greedy": {"seconds": round(g_sec, 4), "tokens_per_s": tokens / max(g_sec, 1e-9),
+                   "forward_passes": sum(g.forwards for g in greedy_runs)},
+        "speculative": {"seconds": round(s_sec, 4), "tokens_per_s": tokens / max(s_sec, 1e-9),
+                        "forward_passes": sum(g.forwards for g in spec_runs),
+                        "draft_seconds": round(sum(g.draft_seconds for g in spec_runs), 4)},
+        "speedup": g_sec / max(s_sec, 1e-9),
+    }
+
+
+def acceptance_plot(report: dict, path: Path) -> Path | None:
+    from sgdd.reporting import plots
+
+    if not plots.plots_available():
+        return None
+    plt = plots._pyplot()
+    hist = report["acceptance_histogram"]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.bar([int(k) for k in hist], list(hist.values()), color="#4c72b0")
+    ax.set_xlabel("tokens per verification pass")
+    ax.set_ylabel("passes")
+    ax.set_title(f"acceptance length, mean {report['acceptance_length']:.2f}")
+    ax.set_xticks([int(k) for k in hist])
+    return plots._save(fig, path)
+
+
+def write_markdown(report: dict, out: Path, picture: Path | None) -> None:
+    g, s = report["greedy"], report["speculative"]
+    lines = [
+        f"# sgdd speculate: {Path(report['run']).name}",
+        "",
+        f"- run `{report['run']}`, checkpoint `{report['checkpoint']}` ({report['weights']} weights), "
+        f"block {report['block_length']} (drafts {report['block_length'] - 1} tokens a pass), "
+        f"{report['draft_passes']} draft pass(es), sampler {report['sampling']['sampler']}",
+        f"- base model `{report['model']}`" + (f" ({report['gguf_file']})" if report.get("gguf_file") else "")
+        + f", hidden state layer {report['layer']} stored as {report['hidden_dtype']}",
+        f"- {report['prompts']} prompts, up to {report['max_new_tokens']} new tokens each; device {report['device']}, "
+        f"precision {report['precision']}, {report['threads']} threads",
+        f"- identical to greedy: **{report['identical_to_greedy']}**",
+        "",
+        "| loop | tokens | seconds | tokens/s | base forwards |",
+        "|---|---:|---:|---:|---:|",
+        f"| greedy | {report['tokens']} | {g['seconds']:.2f} | {g['tokens_per_s']:.1f} | {g['forward_passes']} |",
+        f"| speculative | {report['tokens']} | {s['seconds']:.2f} | {s['tokens_per_s']:.1f} | {s['forward_passes']} |",
+        "",
+        f"Acceptance length {report['acceptance_length']:.3f} tokens per verification pass "
+        f"({report['verification_passes']} passes); speed-up **{report['speedup']:.3f}x** (wall clock); "
+        f"drafting took {s['draft_seconds']:.2f} s of the speculative loop.",
+        "",
+        "| tokens per pass | " + " | ".join(report["acceptance_histogram"]) + " |",
+        "|---|" + "---:|" * len(report["acceptance_histogram"]),
+        "| passes | " + " | ".join(str(v) for v in report["acceptance_histogram"].values()) + " |",
+        "",
+    ]
+    if picture is not None:
+        lines += [f"![acceptance length]({os.path.relpath(picture, out)})", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def run(cfg: SpeculateConfig) -> Path:
+    """Greedy and speculative generation of every prompt; write the report; fail on any difference."""
+    default_threads()
+    if cfg.max_new_tokens < 1 or cfg.draft_passes < 1 or cfg.prompt_tokens < 1:
+        raise SgddError("max_new_tokens, draft_passes and prompt_tokens must be at least 1")
+    sampling = Sampling(sampler=cfg.sampler, steps=cfg.draft_passes, schedule=cfg.schedule, tau=cfg.tau).check()
+    texts = read_prompts(cfg.prompts, cfg.max_prompts)
+    run_dir = Path(cfg.run) if cfg.run else latest_run()
+    ckpt = checkpoint_dir(run_dir, cfg.checkpoint)
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    head, meta = load_checkpoint(ckpt, device)
+    if meta.get("view") != "next_block":
+        raise SgddError(f"{run_dir} is not an MTP head (view {meta.get('view')!r}); speculate needs a next_block run")
+    block_length = int(meta.get("block_length") or head.cfg.max_len)
+    if block_length < 2:
+        raise SgddError(f"{run_dir} has blocks of {block_length} token: nothing to draft after the base model's own")
+    cache = open_cache(meta["cache"])
+    lm, settings = load_base(cache, cfg, device, precision)
+    info = cache.encoder_info
+    if head.cond_dim != lm.hidden_size:
+        raise SgddError(f"the head takes {head.cond_dim}-d conditions, the base model's hidden size is {lm.hidden_size}")
+    base_vocab = int(info.get("base_vocab_size") or info["vocab_size"] - 1)
+    eos = lm.special_ids()["eos_id"]
+    base = BaseLM(lm, settings.get("layer", -1), fmt.STORED_DTYPES[settings.get("dtype", "fp32")][1])
+    seed_everything(cfg.seed)
+    drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed)
+    prompts = [lm.tokenizer(t)["input_ids"][: cfg.prompt_tokens] for t in texts]
+
+    greedy(base, prompts[0], min(8, cfg.max_new_tokens), eos)  # warm-up (first calls allocate), not timed
+    speculate(base, drafter, prompts[0], min(8, cfg.max_new_tokens), eos, base_vocab)
+    greedy_runs, spec_runs, differences = [], [], []
+    for i, prompt in enumerate(prompts):
+        g = greedy(base, prompt, cfg.max_new_tokens, eos)
+        s = speculate(base, drafter, prompt, cfg.max_new_tokens, eos, base_vocab)
+        greedy_runs.append(g)
+        spec_runs.append(s)
+        at = first_difference(g.tokens, s.tokens)
+        if at is not None:
+            differences.append({"prompt": i, "position": at})
+
+    out = Path(cfg.out) if cfg.out else run_dir / "speculate"
+    out.mkdir(parents=True, exist_ok=True)
+    collected, _ = collect_source(cache)
+    report = {
+        "run": str(run_dir), "checkpoint": cfg.checkpoint, "weights": meta["weights"], "cache": str(cache.dir),
+        "model": lm.name, "gguf_file": collected.get("gguf_file"), "layer": base.layer,
+        "hidden_dtype": settings.get("dtype"), "collect_precision": settings.get("precision"),
+        "device": str(device), "precision": precision.name, "threads": torch.get_num_threads(),
+        "prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens, "block_length": block_length,
+        "given": meta.get("given", 0), "consistent_labels": meta.get("consistent_labels"),
+        "draft_passes": cfg.draft_passes, "sampling": dataclasses.asdict(sampling),
+        "identical_to_greedy": not differences, "differences": differences[:20],
+        **summary(greedy_runs, spec_runs, block_length),
+    }
+    picture = acceptance_plot(report, out / "acceptance.png")
+    report["files"] = [picture.name] if picture is not None else []
+    write_json_atomic(out / "report.json", report)
+    write_markdown(report, out, picture)
+    with open(out / "samples.jsonl", "w") as f:
+        for text, g, s in zip(texts, greedy_runs, spec_runs):
+            f.write(json.dumps({"prompt": text[:500], "output": lm.tokenizer.decode(g.tokens),
+                                "tokens": len(g.tokens), "per_pass": s.accepted}, ensure_ascii=False) + "\n")
+    save_yaml(dataclasses.replace(cfg, run=str(run_dir), out=str(out)), out / "speculate-config.yaml")
+    click.echo(f"speculate {run_dir} on {len(prompts)} prompts: acceptance length {report['acceptance_length']:.2f}, "
+               f"greedy {report['greedy']['tokens_per_s']:.1f} tok/s, speculative "
+               f"{report['speculative']['tokens_per_s']:.1f} tok/s, speed-up {report['speedup']:.2f}x, "
+               f"identical to greedy: {report['identical_to_greedy']}")
+    if differences:
+        d = differences[0]
+        raise SgddError(f"speculative output differs from greedy on {len(differences)} of {len(prompts)} prompts "
+                        f"(first: prompt {d['prompt']}, token {d['position']}); see {out / 'report.json'}")
+    return out

@@ -1,0 +1,248 @@
+"""Speculative greedy decoding with an MTP head (sgdd.decoding.speculate, `sgdd speculate`) on a
+tiny in-process Llama: identical output whatever the drafts, exact acceptance with a perfect
+drafter, the hidden state the cache stored, and the CLI end to end."""
+
+import json
+import random
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sgdd.cache import open_cache
+from sgdd.cli import cli
+from sgdd.decoding.samplers import Sampling
+from sgdd.decoding.speculate import BaseLM, HeadDrafter, greedy, speculate
+from sgdd.models.decoder import Decoder
+from sgdd.pipeline.config import CollectConfig, DecoderConfig
+from sgdd.pipeline.errors import SgddError
+from sgdd.pipeline.runtime import pick_precision
+from sgdd.stages import collect
+from sgdd.stages.train import fit
+from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir
+from tests.helpers_train import one_thread, tiny_cfg  # noqa: F401 (fixture)
+
+L = 4
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    return build_causal_lm_dir(tmp_path_factory.mktemp("spec-lm"))
+
+
+@pytest.fixture(scope="module")
+def lm(lm_dir):
+    from sgdd.models.causal_lm import FrozenCausalLM
+
+    return FrozenCausalLM(str(lm_dir), CPU, pick_precision("fp32", CPU))
+
+
+@pytest.fixture(scope="module")
+def prompts(lm):
+    return [lm.tokenizer(d)["input_ids"][:n] for d, n in zip(DOCUMENTS, (5, 9, 14, 3, 20))]
+
+
+def hf_greedy(lm, prompt: list[int], n: int) -> list[int]:
+    """The reference: transformers' own greedy generate, no end token."""
+    out = lm.model.generate(torch.tensor([prompt]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                            pad_token_id=lm.tokenizer.pad_token_id, eos_token_id=None)
+    return out[0, len(prompt):].tolist()
+
+
+def random_head(lm, seed: int = 0) -> Decoder:
+    V = lm.model.config.vocab_size
+    torch.manual_seed(seed)
+    cfg = DecoderConfig(n_layers=1, d_model=32, n_heads=2, max_len=L, conditioning="prefix", cond_tokens=1)
+    return Decoder(cfg, V + 1, lm.hidden_size, lm.hidden_size, V)
+
+
+class Oracle:
+    """Drafts the base model's own greedy continuation, each token replaced by a wrong one with
+    probability ``noise`` (0 = a perfect drafter)."""
+
+    def __init__(self, truth: list[int], drafts: int, vocab: int, noise: float = 0.0, seed: int = 0):
+        self.truth, self.drafts, self.vocab, self.noise = truth, drafts, vocab, noise
+        self.rng = random.Random(seed)
+
+    def __call__(self, h, continuation):
+        n = len(continuation)
+        assert continuation == self.truth[:n]  # the loop only ever extends the greedy output
+        out = self.truth[n : n + self.drafts]
+        return [(t + 1) % self.vocab if self.rng.random() < self.noise else t for t in out]
+
+
+def test_greedy_loop_matches_transformers_generate(lm, prompts):
+    base = BaseLM(lm)
+    for prompt in prompts:
+        assert greedy(base, prompt, 24).tokens == hf_greedy(lm, prompt, 24)
+
+
+@pytest.mark.parametrize("sampler,passes", [("maskgit_plus", 1), ("maskgit_plus", 3), ("random", 2), ("threshold", 2)])
+def test_a_random_head_still_gives_the_greedy_output(lm, prompts, sampler, passes):
+    base = BaseLM(lm)
+    drafter = HeadDrafter(random_head(lm), L, Sampling(sampler=sampler, steps=passes), CPU, lm.precision)
+    for prompt in prompts:
+        ref = hf_greedy(lm, prompt, 30)
+        spec = speculate(base, drafter, prompt, 30, vocab_size=lm.model.config.vocab_size)
+        assert spec.tokens == ref
+        assert sum(spec.accepted) >= 29 and all(1 <= a <= L for a in spec.accepted)
+        assert spec.forwards == 1 + len(spec.accepted)  # the prompt, then one verification per pass
+
+
+@pytest.mark.parametrize("noise", [0.2, 0.5, 0.8])
+def test_partly_wrong_drafts_roll_back_the_cache_exactly(lm, prompts, noise):
+    """Every acceptance length occurs, so every rollback size is exercised."""
+    base, V = BaseLM(lm), lm.model.config.vocab_size
+    seen = set()
+    for i, prompt in enumerate(prompts):
+        truth = hf_greedy(lm, prompt, 40 + L)
+        spec = speculate(base, Oracle(truth, L - 1, V, noise, seed=i), prompt, 40)
+        assert spec.tokens == truth[:40]
+        seen |= set(spec.accepted)
+    assert seen == set(range(1, L + 1)) or noise == 0.8 and seen >= {1, 2}
+
+
+@pytest.mark.parametrize("drafts", [1, L - 1, 6])
+def test_a_perfect_drafter_gets_every_draft_accepted(lm, prompts, drafts):
+    """drafts + 1 tokens per verification pass, exactly: the drafts and the base model's own token."""
+    base, V = BaseLM(lm), lm.model.config.vocab_size
+    passes = 5
+    n = 1 + passes * (drafts + 1)  # the prompt's forward gives the first token
+    for prompt in prompts:
+        truth = hf_greedy(lm, prompt, n + drafts)
+        spec = speculate(base, Oracle(truth, drafts, V), prompt, n)
+        assert spec.tokens == truth[:n]
+        assert spec.accepted == [drafts + 1] * passes
+
+
+def test_generation_stops_after_the_end_token_like_greedy(lm, prompts):
+    base, V = BaseLM(lm), lm.model.config.vocab_size
+    prompt = prompts[1]
+    truth = hf_greedy(lm, prompt, 20)
+    eos = truth[6]  # pretend the seventh token is the end token
+    cut = truth[: truth.index(eos) + 1]
+    assert greedy(base, prompt, 20, eos).tokens == cut
+    for drafts in (1, 3, 5):
+        assert speculate(base, Oracle(truth + [0] * 8, drafts, V), prompt, 20, eos).tokens == cut
+
+
+@pytest.mark.parametrize("layer", [-1, 1])
+def test_the_drafters_hidden_state_is_the_one_the_cache_stored(lm_dir, lm, tmp_path, layer):
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n".join(DOCUMENTS[:2]) + "\n")
+    out = collect.run(CollectConfig(model=str(lm_dir), dataset=str(docs), out=str(tmp_path / "c"), sample_size=16,
+                                    stride=16, dtype="fp32", precision="fp32", layer=layer, splits=["train:1"]))
+    split = open_cache(out).split("train")
+    ids, stored = split.column("input_ids")[0], split.array("hidden")[0]  # [S, H]
+    base = BaseLM(lm, layer)
+    token, h = base.start(ids[:7])
+    assert token == split.column("output_ids")[0][6]
+    assert torch.allclose(h, stored[6], atol=1e-5)
+    greedy_next, hidden = base.extend(ids[7:10])  # with the KV cache: the same states as the full window
+    assert greedy_next == split.column("output_ids")[0][7:10]
+    assert torch.allclose(hidden, stored[7:10], atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# `sgdd speculate` end to end
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(lm_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("spec-run")
+    docs = root / "docs.txt"
+    docs.write_text("\n".join(DOCUMENTS) + "\n")
+    cache = collect.run(CollectConfig(model=str(lm_dir), dataset=str(docs), out=str(root / "cache"), sample_size=32,
+                                      stride=16, dtype="fp16", precision="fp32", generate=True, max_new_tokens=16,
+                                      splits=["train:6"]))
+    cfg = tiny_cfg(cache, root / "run", val_split=None, given=1,
+                   **{"model.d_model": None, "model.n_heads": 2, "block_length": L, "optim.max_steps": 3,
+                      "model.conditioning": "prefix", "model.cond_tokens": 1})
+    with torch.random.fork_rng():
+        torch.set_num_threads(1)
+        return fit(cfg).run_dir
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"text": " ".join(d.split()[:6])}) + "\n" for d in DOCUMENTS[:4]))
+    return path
+
+
+def speculate_cli(*args):
+    return CliRunner().invoke(cli, ["speculate", *args, "--device", "cpu"], catch_exceptions=False)
+
+
+def test_cli_runs_end_to_end_and_writes_the_report(tiny_run, prompt_file, tmp_path):
+    out = tmp_path / "spec"
+    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--max-new-tokens", "12",
+                           "--draft-passes", "2", "--checkpoint", "last", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["identical_to_greedy"] is True and report["prompts"] == 4 and report["block_length"] == L
+    hist = report["acceptance_histogram"]
+    assert list(hist) == [str(k) for k in range(1, L + 1)] and sum(hist.values()) == report["verification_passes"]
+    mean = sum(int(k) * v for k, v in hist.items()) / report["verification_passes"]
+    assert report["acceptance_length"] == pytest.approx(mean)
+    g, s = report["greedy"], report["speculative"]
+    assert g["tokens_per_s"] == pytest.approx(report["tokens"] / g["seconds"], rel=1e-3)
+    assert report["speedup"] == pytest.approx(g["seconds"] / s["seconds"], rel=1e-3)
+    assert g["forward_passes"] == report["tokens"]  # the prompt's forward gives the first token, then one each
+    assert s["forward_passes"] == 4 + report["verification_passes"]
+    assert (out / "report.md").read_text().count("identical to greedy: **True**") == 1
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and sum(r["tokens"] for r in rows) == report["tokens"]
+
+
+def test_cli_fails_when_the_output_differs_from_greedy(tiny_run, prompt_file, tmp_path, monkeypatch):
+    from sgdd.stages import speculate as stage
+
+    real = stage.speculate
+
+    def broken(*args, **kwargs):
+        gen = real(*args, **kwargs)
+        gen.tokens[-1] += 1
+        return gen
+
+    monkeypatch.setattr(stage, "speculate", broken)
+    out = tmp_path / "spec"
+    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--max-new-tokens", "6",
+                           "--checkpoint", "last", "--out", str(out))
+    assert result.exit_code == 1 and "differs from greedy on 4 of 4 prompts" in result.output
+    assert json.loads((out / "report.json").read_text())["identical_to_greedy"] is False
+
+
+def test_cli_refuses_another_base_model_or_a_bad_prompt_file(tiny_run, prompt_file, tmp_path):
+    other = build_causal_lm_dir(tmp_path / "other", layers=1)
+    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--model", str(other),
+                           "--checkpoint", "last")
+    assert result.exit_code == 1 and "is not the one cache" in result.output and "weights_sha256" in result.output
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    result = speculate_cli("--run", str(tiny_run), "--prompts", str(empty), "--checkpoint", "last")
+    assert result.exit_code == 1 and "holds no prompt" in result.output
+
+
+def test_speculate_refuses_a_sentence_decoder(tiny_cache, tmp_path, prompt_file):
+    run_dir = fit(tiny_cfg(tiny_cache, tmp_path / "r")).run_dir
+    with pytest.raises(SgddError, match="not an MTP head"):
+        from sgdd.pipeline.speculate_config import SpeculateConfig
+        from sgdd.stages.speculate import run
+
+        run(SpeculateConfig(run=str(run_dir), checkpoint="last", prompts=str(prompt_file), device="cpu"))
+
+
+def test_the_drafter_drafts_what_the_sampler_decodes(lm):
+    """Drafts = positions 1..L-1 of the head's own decode with the known token given (the drafter
+    only skips the row padding of the vocabulary projection)."""
+    from sgdd.decoding.maskgit import decode
+
+    head = random_head(lm, seed=3)
+    h = torch.randn(5, lm.hidden_size)
+    for sampling in (Sampling(steps=1), Sampling(sampler="entropy", steps=3)):
+        drafter = HeadDrafter(head, L, sampling, CPU, lm.precision)
+        for i in range(5):
+            ref = decode(head, h[i:i + 1], length=L, prefix=torch.tensor([[7 + i]]), sampler=sampling.sampler,
+                         steps=sampling.steps)
+            assert drafter(h[i], [1, 7 + i]) == ref[0, 1:].tolist()
