@@ -49,11 +49,13 @@ def test_load_dataset_gives_every_split_after_a_card_is_added(tmp_path):
     ds = datasets.load_dataset(str(cache), cache_dir=str(tmp_path / "hf"))
     assert {k: v.num_rows for k, v in ds.items()} == {"train": 24, "validation": 4, "test": 4}
     assert ds["validation"]["id"] == [f"validation-{i}" for i in range(4)]
-    # a shard left on disk but not in the manifest does not exist for datasets either
+    # a shard left on disk but not in the manifest does not exist for datasets either (the card
+    # lists the manifest's files), and a new card is refused as the readers refuse the split
     (cache / "test" / "shard-00009").mkdir()
     (cache / "test" / "shard-00009" / "rows.arrow").write_bytes((cache / "test/shard-00000/rows.arrow").read_bytes())
-    sgdd.write_dataset_card(cache)
     assert datasets.load_dataset(str(cache), cache_dir=str(tmp_path / "hf2"))["test"].num_rows == 4
+    with pytest.raises(SgddError, match="does not list shard-00009"):
+        sgdd.write_dataset_card(cache)
 
 
 def test_a_foreign_readme_is_left_alone(tmp_path):

@@ -359,5 +359,5 @@ def test_options_that_do_not_apply_or_do_not_exist_are_refused_in_one_message():
                  "report_to 'mlflow' unknown (valid: tensorboard, wandb)",
                  "model.conditioning 'film' unknown (valid: cross, adaln, prefix)",
                  "diffusion.kappa is for the polynomial schedule, not 'linear'",
-                 "diffusion.cart_p is for loss_weight cart, not 'elbo'"):
+                 "diffusion.cart_p is for loss_weight cart, not 'ones'"):
         assert part in message
