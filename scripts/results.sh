@@ -99,10 +99,11 @@ recon_cpu_ablations() {  # each ABL_MINUTES (default 12; RESULTS.md used 10) min
   train runs/abl12-iid "${base[@]}" --set diffusion.stratified=false
   train runs/abl12-body-adaln "${base[@]}" --set model.conditioning=adaln
 }
-eval_recon_cpu() {  # 600 test sentences of <= 32 tokens: one decode of 16 steps, then the encoder as judge
-  local run=runs/recon-cpu common=(--split test --max-samples 600 --steps 16)
-  $SGDD eval --run $run "${common[@]}" --out $run/eval-test
-  $SGDD eval --run $run "${common[@]}" --refine encoder --refine-steps 3 --out $run/eval-test-refine
+eval_recon_cpu() {  # test sentences of <= 32 tokens: one decode of 16 steps (600), the encoder as judge (100)
+  local run=runs/recon-cpu
+  $SGDD eval --run $run --split test --max-samples 600 --steps 16 --out $run/eval-test
+  $SGDD eval --run $run --split test --max-samples 100 --steps 16 --refine encoder --refine-steps 2 \
+    --refine-candidates 4 --out $run/eval-test-refine
 }
 eval_recon_cpu_ablations() {
   for run in runs/abl12-recipe runs/abl12-scratch-adaln runs/abl12-pads runs/abl12-iid runs/abl12-body-adaln; do

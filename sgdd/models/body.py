@@ -48,7 +48,6 @@ def build_body(config: dict, n_layers: int, dropout: float = 0.0) -> nn.Module:
         if key in config:
             config[key] = dropout
     hf_config = AutoConfig.for_model(model_type, **config)
-    hf_config._attn_implementation = "eager"  # faster than SDPA on CPU for sequences of <= 64 tokens
     return AutoModel.from_config(hf_config, add_pooling_layer=False) if _has_pooler(model_type) \
         else AutoModel.from_config(hf_config)
 
