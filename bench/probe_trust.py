@@ -227,19 +227,11 @@ def checkpoints(p: Probe, w: dict, work: Path) -> None:
 
 
 def one_line(p: Probe, w: dict, work: Path) -> None:
-    from safetensors.torch import load_file
+    from tests.helpers import make_pickle_only
 
     p.expect_error("--max-tokens 603 above the encoder's positions", "collect", "--model", w["enc"], "--out",
                    work / "c-long", *w["base"], "--max-tokens", 603)
-    model = copy(w["enc"], work / "pickled-model")
-    weights = load_file(str(model / "model.safetensors"))
-    (model / "model.safetensors").unlink()
-
-    class NotWeights:
-        def __reduce__(self):
-            return (print, ("unpickled!",))
-
-    torch.save({**weights, "x": NotWeights()}, model / "pytorch_model.bin")
+    model = make_pickle_only(copy(w["enc"], work / "pickled-model"))
     p.expect_error("pickle-only model dir: collect", "collect", "--model", model, "--out", work / "c-pk", *w["base"])
     p.expect_error("YAML python tag through --set", "train", "--shards", w["cache"], "--out", work / "r-yaml",
                    "--set", "seed=!!python/object/apply:os.getcwd []")

@@ -142,3 +142,21 @@ def build_body_cache(root: Path, dim: int = 16) -> Path:
                           {"vectors": torch.stack([text_vector(t, dim) for t in texts])})
             w.finalize()
     return root
+
+
+class _NotWeights:
+    """An object whose unpickling would run code: what a loader must never unpickle."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def make_pickle_only(model_dir: Path) -> Path:
+    """Turn a saved model directory into one whose weights exist only as a pickle holding, besides
+    the tensors, an object that would run code when unpickled."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(model_dir / "model.safetensors"))
+    (model_dir / "model.safetensors").unlink()
+    torch.save({**weights, "x": _NotWeights()}, model_dir / "pytorch_model.bin")
+    return model_dir

@@ -16,7 +16,7 @@ from sgdd.cache import format as fmt
 from sgdd.cli import cli
 from sgdd.pipeline.errors import SgddError
 from sgdd.stages.train import fit
-from tests.helpers import SENTENCES, build_cache
+from tests.helpers import SENTENCES, build_cache, make_pickle_only
 from tests.helpers_train import metrics, one_thread, tiny_cfg  # noqa: F401 (fixture)
 
 EVAL = ["--split", "test", "--steps", "2", "--device", "cpu", "--precision", "fp32", "--max-samples", "2"]
@@ -259,17 +259,7 @@ def test_max_tokens_beyond_the_encoders_positions_is_one_line(tiny_encoder_dir, 
 
 
 def test_a_pickle_only_model_dir_is_one_line(tiny_encoder_dir, tmp_path):
-    from safetensors.torch import load_file
-
-    model = Path(shutil.copytree(tiny_encoder_dir, tmp_path / "m"))
-    weights = load_file(str(model / "model.safetensors"))
-    (model / "model.safetensors").unlink()
-
-    class NotWeights:
-        def __reduce__(self):
-            return (print, ("unpickled",))
-
-    torch.save({**weights, "extra": NotWeights()}, model / "pytorch_model.bin")
+    model = make_pickle_only(Path(shutil.copytree(tiny_encoder_dir, tmp_path / "m")))
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(SENTENCES) + "\n")
     r = invoke("collect", "--model", model, "--dataset", corpus, "--out", tmp_path / "c", "--precision", "fp32")

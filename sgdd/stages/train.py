@@ -246,6 +246,14 @@ class EpochSampler:
         self.epoch, self.pos = state["epoch"], state["pos"]
 
 
+def length_batches(order: torch.Tensor, lengths: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """The indices ``order`` grouped by ``lengths[index]`` (a stable sort: within a length they keep
+    their order), each group cut into batches of at most batch_size."""
+    grouped = order[torch.sort(lengths[order], stable=True).indices]
+    sizes = torch.unique_consecutive(lengths[grouped], return_counts=True)[1].tolist()
+    return [b for group in grouped.split(sizes) for b in group.split(batch_size)]
+
+
 class LengthSampler(EpochSampler):
     """Like :class:`EpochSampler`, but every micro-batch holds sentences of one length, so no
     padding is computed. Each epoch shuffles the rows, groups them by length (a stable sort keeps
@@ -258,9 +266,7 @@ class LengthSampler(EpochSampler):
     def _draw_order(self) -> None:
         self._epoch_rng = self.generator.get_state()
         perm = torch.randperm(self.n, generator=self.generator)  # [N]
-        grouped = perm[torch.sort(self.lengths[perm], stable=True).indices]  # [N] by length, shuffled within
-        sizes = torch.unique_consecutive(self.lengths[grouped], return_counts=True)[1].tolist()
-        batches = [b for group in torch.split(grouped, sizes) for b in torch.split(group, self.batch_size)]
+        batches = length_batches(perm, self.lengths, self.batch_size)
         self.batches = [batches[i] for i in torch.randperm(len(batches), generator=self.generator).tolist()]
         self.order = torch.cat(self.batches)
 
@@ -616,11 +622,7 @@ def validation_batches(view, n: int, batch_size: int, by_length: bool) -> list[t
     """The first n samples in batches of batch_size; ``by_length``: grouped by sentence length
     first (each batch one length, as training sees them)."""
     idx = torch.arange(n)
-    if not by_length:
-        return list(idx.split(batch_size))
-    order = torch.sort(view.lengths[:n], stable=True).indices  # [n]
-    sizes = torch.unique_consecutive(view.lengths[order], return_counts=True)[1].tolist()
-    return [b for group in order.split(sizes) for b in group.split(batch_size)]
+    return length_batches(idx, view.lengths, batch_size) if by_length else list(idx.split(batch_size))
 
 
 class Meter:
