@@ -1,4 +1,4 @@
-"""python -m bench.fingerprint [--json FILE] [--compare FILE]
+"""python -m bench.fingerprint [--root DIR] [--json FILE] [--compare FILE]
 
 A behaviour fingerprint for refactoring: collects a tiny in-process RoBERTa over a few
 sentences, trains three fixed-seed decoders for a few steps through the real CLI (the
@@ -7,7 +7,7 @@ and cross-attention with padded batches, a cosine schedule and EMA), evaluates e
 prints the sha256 of every checkpoint tensor file and of every report's numbers. Two trees
 that behave the same print the same hashes. --compare FILE exits 1 on any difference.
 
-Everything runs in one fixed directory, so that paths recorded in the outputs match between runs.
+Everything runs under --root (default /tmp/sgdd-fingerprint), which is emptied first.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path("/tmp/sgdd-fingerprint")
 TINY = ["--set", "model.n_layers=1", "--set", "model.d_model=32", "--set", "model.n_heads=2",
         "--set", "model.max_len=16", "--set", "model.cond_tokens=2", "--set", "model.dropout=0.0",
         "--set", "optim.warmup_steps=2", "--set", "optim.max_steps=6", "--set", "optim.batch_size=4",
@@ -38,10 +38,10 @@ EVALS = {"adaln": [], "body": ["--length", "predicted"], "cross": ["--sweep", "s
 VOLATILE = ("seconds", "per_s", "elapsed", "time", "memory", "date", "created")
 
 
-def sgdd(*args: str) -> None:
+def sgdd(root: Path, *args: str) -> None:
     env_cmd = [sys.executable, "-m", "sgdd.cli", *args]
-    done = subprocess.run(env_cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
-                                                                        "HOME": str(ROOT / "home")})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HOME": str(root / "home")}  # PYTHONPATH passes through
+    done = subprocess.run(env_cmd, capture_output=True, text=True, env=env)
     if done.returncode:
         sys.exit(f"fingerprint: {' '.join(args[:1])} failed:\n{done.stderr[-3000:]}")
 
@@ -65,23 +65,23 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def fingerprint() -> dict:
+def fingerprint(root: Path) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from tests.helpers import SENTENCES, build_encoder_dir
 
-    shutil.rmtree(ROOT, ignore_errors=True)
-    ROOT.mkdir(parents=True)
-    encoder = build_encoder_dir(ROOT / "encoder")
-    corpus = ROOT / "corpus.txt"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    encoder = build_encoder_dir(root / "encoder")
+    corpus = root / "corpus.txt"
     corpus.write_text("\n".join(SENTENCES) + "\n")
-    cache = ROOT / "cache"
-    sgdd("collect", "--model", str(encoder), "--dataset", str(corpus), "--out", str(cache),
+    cache = root / "cache"
+    sgdd(root, "collect", "--model", str(encoder), "--dataset", str(corpus), "--out", str(cache),
          "--precision", "fp32", "--dtype", "fp32", "--device", "cpu")
     out = {}
     for name, extra in RUNS.items():
-        run = ROOT / "runs" / name
-        sgdd("train", "--shards", str(cache), "--out", str(run), *TINY, *extra)
-        sgdd("eval", "--run", str(run), "--split", "train", "--steps", "4", "--device", "cpu",
+        run = root / "runs" / name
+        sgdd(root, "train", "--shards", str(cache), "--out", str(run), *TINY, *extra)
+        sgdd(root, "eval", "--run", str(run), "--split", "train", "--steps", "4", "--device", "cpu",
              "--precision", "fp32", "--out", str(run / "eval"), *EVALS[name])
         for f in sorted((run / "checkpoints").rglob("*.safetensors")):
             out[f"{name}/{f.relative_to(run)}"] = sha(f.read_bytes())
@@ -92,10 +92,11 @@ def fingerprint() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default="/tmp/sgdd-fingerprint", help="working directory (emptied first)")
     ap.add_argument("--json", help="write the fingerprint here")
     ap.add_argument("--compare", help="a fingerprint written earlier; exit 1 on any difference")
     args = ap.parse_args()
-    fp = fingerprint()
+    fp = fingerprint(Path(args.root))
     for k, v in fp.items():
         print(f"{v}  {k}")
     if args.json:
