@@ -26,7 +26,7 @@ SUITES = ("collect", "collect_llm", "precision", "train", "decode", "scale")
 def machine() -> dict:
     import torch
 
-    from sgdd.pipeline.runtime import cpu_bf16_native
+    from sgdd.runtime import cpu_bf16_native
 
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "processor": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -56,7 +56,8 @@ def build_cache(setup: Setup) -> str:
 def train_run(setup: Setup, cache_dir: str, steps: int) -> str:
     """A small trained decoder for the decode suite (its quality does not matter: both samplers
     decode the same model)."""
-    from sgdd.pipeline.config import DecoderConfig, OptimConfig, TrainConfig
+    from sgdd.models.decoder import DecoderConfig
+    from sgdd.pipeline.config import OptimConfig, TrainConfig
     from sgdd.stages import train as stage
 
     out = setup.workdir / "run"

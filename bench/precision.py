@@ -35,7 +35,7 @@ def capability() -> dict:
     """What decides the precision on this CPU: torch's capability and the native bf16 units."""
     import torch
 
-    from sgdd.pipeline.runtime import cpu_bf16_native
+    from sgdd.runtime import cpu_bf16_native
 
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": cpu_bf16_native()}
 
@@ -44,8 +44,9 @@ def worker(args: dict) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sgdd.pipeline.config import DecoderConfig, OptimConfig, TrainConfig
-    from sgdd.pipeline.runtime import pick_precision
+    from sgdd.models.decoder import DecoderConfig
+    from sgdd.pipeline.config import OptimConfig, TrainConfig
+    from sgdd.runtime import pick_precision
     from sgdd.stages import train
 
     precision, compiled = METHODS[args["method"]]

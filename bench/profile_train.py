@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=15, help="operators to list")
     args = ap.parse_args()
 
-    from sgdd.pipeline.config import DiffusionConfig
+    from sgdd.models.diffusion import DiffusionConfig
     from sgdd.stages.train import draw_noise, masked_diffusion_loss
 
     view, model, opt = decoder_from_cache(args.cache)

@@ -49,7 +49,7 @@ def decoder_from_cache(cache_dir: str):
     from sgdd.cache import open_cache
     from sgdd.cache.views import sentence_view
     from sgdd.models.decoder import Decoder
-    from sgdd.pipeline.config import DecoderConfig
+    from sgdd.models.decoder import DecoderConfig
 
     torch.manual_seed(0)
     cache = open_cache(cache_dir)
@@ -65,8 +65,8 @@ def worker(args: dict) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sgdd.pipeline.config import DiffusionConfig
-    from sgdd.pipeline.runtime import pick_precision
+    from sgdd.models.diffusion import DiffusionConfig
+    from sgdd.runtime import pick_precision
     from sgdd.stages.train import draw_noise, masked_diffusion_loss
 
     view, model, opt = decoder_from_cache(args["cache"])

@@ -38,8 +38,9 @@ def measure(cache: str, size: str, precision: str, steps: int, warmup: int, batc
     """Median step time, tokens/s and data share of one decoder size at one precision."""
     import torch
 
-    from sgdd.pipeline.config import apply_overrides, load_yaml, TrainConfig
-    from sgdd.pipeline.runtime import pick_device, pick_precision
+    from sgdd.config import apply_overrides, load_yaml
+    from sgdd.pipeline.config import TrainConfig
+    from sgdd.runtime import pick_device, pick_precision
     from sgdd.stages import train
 
     cfg = load_yaml(ROOT / "configs" / SIZES[size], TrainConfig)
@@ -90,7 +91,7 @@ def main() -> None:
 
     import torch
 
-    from sgdd.pipeline.runtime import default_threads
+    from sgdd.runtime import default_threads
 
     default_threads()
     if args.threads:

@@ -30,7 +30,7 @@ _EXPORTS = {
     "CollectConfig": "sgdd.pipeline.config",
     "TrainConfig": "sgdd.pipeline.config",
     "EvalConfig": "sgdd.pipeline.config",
-    "SgddError": "sgdd.pipeline.errors",
+    "SgddError": "sgdd.errors",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -31,7 +31,7 @@ import torch
 
 from sgdd.models.checkpoint import EMA_FILE, MODEL_FILE, MODEL_META, save_model
 from sgdd.models.portable import ASSETS_DIR, RunAssets, find_assets
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 CHECKPOINTS = ("best", "last")
 CARD = "README.md"
@@ -99,7 +99,7 @@ class Run:
         saved run, a checkpoint directory or a Hub id. ``shards`` names the cache for a run
         trained before runs carried their encoder files."""
         from sgdd.models.checkpoint import load_model
-        from sgdd.pipeline.runtime import pick_device, pick_precision
+        from sgdd.runtime import pick_device, pick_precision
 
         ckpt, root = _resolve(path_or_id, checkpoint, revision)
         dev = pick_device(device)
@@ -271,7 +271,7 @@ def load_run(path_or_id: str | Path, checkpoint: str | None = None, device: str 
 def _config(cls: type, cfg: Any, fields: dict) -> Any:
     """``cfg`` (a config dataclass, a dict of its fields or None) with ``fields`` (dotted keys
     allowed: ``model.d_model=256``) applied, checked like the CLI checks it."""
-    from sgdd.pipeline.config import apply_overrides, from_dict
+    from sgdd.config import apply_overrides, from_dict
 
     if cfg is None or isinstance(cfg, dict):
         cfg = from_dict(cls, cfg or {})

@@ -16,16 +16,9 @@ from typing import Any, Callable
 
 import click
 
-from sgdd.pipeline.config import (
-    CollectConfig,
-    EvalConfig,
-    RunConfig,
-    TrainConfig,
-    apply_overrides,
-    load_yaml,
-    parse_set,
-)
-from sgdd.pipeline.errors import SgddError
+from sgdd.config import apply_overrides, load_yaml, parse_set
+from sgdd.pipeline.config import CollectConfig, EvalConfig, RunConfig, TrainConfig
+from sgdd.errors import SgddError
 from sgdd.pipeline.speculate_config import SpeculateConfig
 
 
@@ -225,7 +218,7 @@ def cli(verbose: int, quiet: int) -> None:
              sgdd export    save a run as a self-contained folder (sgdd push: to the Hub)
              sgdd speculate greedy generation with an MTP head as drafter, timed against greedy
     """
-    from sgdd.pipeline.log import setup
+    from sgdd.log import setup
 
     setup(verbose - quiet)
 

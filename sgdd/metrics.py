@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 
 from sgdd.models.diffusion import IGNORE_INDEX
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 # iBLEU = alpha * BLEU(out, ref) - (1 - alpha) * BLEU(out, src) (Sun & Zhou, ACL 2012). alpha = 0.8
 # is the value most paraphrase papers report with (e.g. Hosking & Lapata 2021 on QQP / MSCOCO).

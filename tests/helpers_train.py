@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from sgdd.pipeline.config import TrainConfig, apply_overrides
+from sgdd.config import apply_overrides
+from sgdd.pipeline.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)

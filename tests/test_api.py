@@ -13,7 +13,7 @@ import torch
 import sgdd
 from sgdd.cache import open_cache
 from sgdd.cache.views import sentence_view
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from tests.helpers import SENTENCES
 from tests.helpers_eval import collect_tiny
 from tests.helpers_train import one_thread, tiny_cfg  # noqa: F401 (fixture)

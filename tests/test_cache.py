@@ -10,7 +10,7 @@ from sgdd.cache import SplitWriter, open_cache
 from sgdd.cache import format as fmt
 from sgdd.cache.reader import CacheSplit
 from sgdd.cache.tools import cache_info, verify_cache
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from tests.helpers import build_cache
 
 

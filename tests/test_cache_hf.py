@@ -14,7 +14,7 @@ from sgdd.cache import open_cache
 from sgdd.cache.hf import zarr_values
 from sgdd.cli import cli
 from sgdd.pipeline.config import CollectConfig
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.stages import collect
 from tests.helpers import SENTENCES, build_cache
 

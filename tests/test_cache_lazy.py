@@ -11,7 +11,7 @@ import zarr
 from sgdd.cache import format as fmt
 from sgdd.cache.reader import CacheSplit, DirectChunks
 from sgdd.cache.writer import SplitWriter
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 N, S, H = 23, 100, 8
 

@@ -100,7 +100,7 @@ def test_help_explains_every_option(command):
 ])
 def test_bad_input_gives_one_line_and_exit_1(args, message, corpus, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from sgdd.pipeline import hub
+    from sgdd import offline as hub
 
     hub.hub_reachable.cache_clear()
     args = [a.format(corpus=corpus, tmp=tmp_path) for a in args]

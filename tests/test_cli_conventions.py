@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from sgdd.cli import CHOICES, cli
 from sgdd.pipeline.config import CollectConfig, EvalConfig, TrainConfig
-from sgdd.pipeline.log import progress, quiet_transformers, setup
+from sgdd.log import progress, quiet_transformers, setup
 
 
 def test_choices_match_the_registries():

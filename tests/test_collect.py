@@ -6,7 +6,7 @@ import torch
 from sgdd.cache import open_cache
 from sgdd.cache.writer import ShardBuilder
 from sgdd.pipeline.config import CollectConfig
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.sources.text import clean_text
 from sgdd.stages import collect
 from tests.helpers import SENTENCES
@@ -124,7 +124,7 @@ def test_model_without_tokenizer_files(tiny_encoder_dir, corpus, tmp_path):
 def test_unknown_hub_model_fails_fast_offline(corpus, tmp_path, monkeypatch):
     import time
 
-    from sgdd.pipeline import hub
+    from sgdd import offline as hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.hub_reachable.cache_clear()

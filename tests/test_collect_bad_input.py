@@ -7,7 +7,7 @@ import pytest
 
 from sgdd.cache import open_cache
 from sgdd.pipeline.config import CollectConfig
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.stages import collect
 
 GOOD = "the cat sat on the mat in the warm sun."  # already clean: stored as is
@@ -90,7 +90,7 @@ def test_bad_paths_models_and_names_are_one_clear_error(tiny_encoder_dir, tmp_pa
 
 
 def test_bad_collect_settings_are_listed_together():
-    from sgdd.pipeline.config import from_dict
+    from sgdd.config import from_dict
 
     with pytest.raises(SgddError) as e:
         from_dict(CollectConfig, {"stride": 600, "model_kind": "llm", "source_field": "q", "gguf_file": "m.bin",

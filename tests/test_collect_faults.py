@@ -19,7 +19,7 @@ from sgdd.cache import open_cache
 from sgdd.cache.writer import DirLock
 from sgdd.cli import cli
 from sgdd.pipeline.config import CollectConfig
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.stages import collect
 from tests.helpers import SENTENCES
 

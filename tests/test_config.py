@@ -2,10 +2,9 @@
 
 import pytest
 
-from sgdd.pipeline.config import (
-    CollectConfig, EvalConfig, RunConfig, TrainConfig, apply_overrides, from_dict, load_yaml, parse_set, save_yaml,
-)
-from sgdd.pipeline.errors import SgddError
+from sgdd.config import apply_overrides, from_dict, load_yaml, parse_set, save_yaml
+from sgdd.pipeline.config import CollectConfig, EvalConfig, RunConfig, TrainConfig
+from sgdd.errors import SgddError
 
 
 def test_unknown_keys_and_wrong_types_are_all_listed():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sgdd.models.decoder import CONDITIONINGS, Decoder
-from sgdd.pipeline.config import DecoderConfig
+from sgdd.models.decoder import DecoderConfig
 
 V, DZ, MASK = 40, 8, 3
 

@@ -8,7 +8,7 @@ import torch
 from sgdd.models.diffusion import (IGNORE_INDEX, LOGLINEAR_EPS, TokenLossInputs, apply_mask,
                                    cart_weights, elbo_weight, get_loss_weight, get_schedule, sample_noise,
                                    weighted_token_loss)
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 SCHEDULE_CASES = [("linear", None), ("cosine", None), ("polynomial", 2.0), ("polynomial", 0.5),
                   ("polynomial", 3.0), ("loglinear", None)]

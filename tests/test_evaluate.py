@@ -17,9 +17,11 @@ from sgdd.decoding.samplers import SAMPLERS
 from sgdd.metrics import IBLEU_ALPHA, bleu, distinct_n, self_bleu
 from sgdd.models.checkpoint import model_meta, save_model
 from sgdd.models.decoder import Decoder
-from sgdd.pipeline.config import DecoderConfig, EvalConfig, from_dict, load_yaml
-from sgdd.pipeline.errors import SgddError
-from sgdd.pipeline.runtime import pick_precision
+from sgdd.config import from_dict, load_yaml
+from sgdd.models.decoder import DecoderConfig
+from sgdd.pipeline.config import EvalConfig
+from sgdd.errors import SgddError
+from sgdd.runtime import pick_precision
 from sgdd.stages import evaluate
 from tests.helpers import SENTENCES, build_cache
 from tests.helpers_eval import build_pair_cache, build_window_cache, collect_tiny, nearest_decoder

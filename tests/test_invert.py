@@ -11,8 +11,9 @@ from sgdd.cache import open_cache
 from sgdd.cache.views import sentence_view
 from sgdd.cli import cli
 from sgdd.decoding.rerank import ReEncoder
-from sgdd.pipeline.config import EvalConfig, from_dict
-from sgdd.pipeline.runtime import pick_precision
+from sgdd.config import from_dict
+from sgdd.pipeline.config import EvalConfig
+from sgdd.runtime import pick_precision
 from sgdd.stages import evaluate, invert
 from tests.helpers import SENTENCES
 from tests.helpers_eval import collect_tiny, nearest_decoder

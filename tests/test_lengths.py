@@ -9,11 +9,12 @@ from sgdd.cache import open_cache
 from sgdd.cache.views import sentence_view
 from sgdd.decoding.lengths import LengthRule, parse_length, resolve_length, top_lengths
 from sgdd.decoding.maskgit import Trajectory
-from sgdd.pipeline.config import EvalConfig, from_dict
-from sgdd.pipeline.errors import SgddError
+from sgdd.config import from_dict
+from sgdd.pipeline.config import EvalConfig
+from sgdd.errors import SgddError
 from sgdd.stages import evaluate
 from sgdd.stages.evaluate import EvalData, decode_rows
-from sgdd.pipeline.runtime import pick_precision
+from sgdd.runtime import pick_precision
 from tests.helpers_eval import MASK, V, TableModel, perfect_tables
 from tests.test_evaluate import MAX_LEN, eval_cfg, make_run, read_report
 

@@ -5,8 +5,8 @@ import torch
 
 from sgdd.decoding.maskgit import UNMASK_SCHEDULES, _guide, decode, tokens_to_text, unmask_plan
 from sgdd.models.decoder import Decoder
-from sgdd.pipeline.config import DecoderConfig
-from sgdd.pipeline.errors import SgddError
+from sgdd.models.decoder import DecoderConfig
+from sgdd.errors import SgddError
 from tests.helpers import build_tokenizer
 from tests.helpers_eval import MASK, V, L, TableModel, perfect_tables, reference
 

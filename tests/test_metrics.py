@@ -9,7 +9,7 @@ from sgdd.metrics import (IBLEU_ALPHA, METRICS, acceptance_length, accepted_toke
                           compute_metrics, cosine, diffuseq_bleu, distinct_n, encoder_cosine, exact_match, get_metric,
                           ibleu, position_accuracy, self_bleu, sentence_bleu, token_accuracy,
                           token_accuracy_with_specials, bow_f1)
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 
 def test_bleu_documented_example():

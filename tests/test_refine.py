@@ -13,7 +13,7 @@ from sgdd.decoding.rerank import ReEncoder
 from sgdd.decoding.samplers import Sampling
 from sgdd.models.checkpoint import load_model
 from sgdd.models.diffusion import get_schedule
-from sgdd.pipeline.runtime import pick_precision
+from sgdd.runtime import pick_precision
 from sgdd.stages import evaluate
 from tests.helpers_eval import collect_tiny
 from tests.test_evaluate import eval_cfg, make_run, read_report

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from sgdd.pipeline import runtime
-from sgdd.pipeline.errors import SgddError
+from sgdd import runtime
+from sgdd.errors import SgddError
 
 CPU = torch.device("cpu")
 

@@ -10,8 +10,8 @@ from sgdd.decoding.maskgit import UNMASK_SCHEDULES, decode, share_steps
 from sgdd.decoding.samplers import (CONFIDENCES, SAMPLERS, Sampling, choose_tokens, filter_logits, get_confidence,
                                     get_sampler, rank_scores, sample_categorical)
 from sgdd.models.decoder import Decoder
-from sgdd.pipeline.config import DecoderConfig
-from sgdd.pipeline.errors import SgddError
+from sgdd.models.decoder import DecoderConfig
+from sgdd.errors import SgddError
 from tests.helpers_eval import MASK, V, L, TableModel, perfect_tables, reference
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.sources import get_source
 from sgdd.sources.text import article_sentences, clean_text, split_sentences
 
@@ -77,7 +77,7 @@ def test_bad_dataset_names_and_paths_give_one_clear_error(tmp_path):
 
 def test_wiki_without_data_dir_fails_fast_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from sgdd.pipeline import hub
+    from sgdd import offline as hub
 
     hub.hub_reachable.cache_clear()
     with pytest.raises(SgddError, match="--data-dir"):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.sources import get_source
 
 

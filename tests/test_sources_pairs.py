@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.sources import get_source
 from sgdd.sources.dedup import SeenHashes
 
@@ -66,7 +66,7 @@ def test_any_file_with_source_and_target_fields(tmp_path):
 
 
 def test_pair_datasets_without_data_fail_fast_offline(tmp_path, monkeypatch):
-    from sgdd.pipeline import hub
+    from sgdd import offline as hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub.hub_reachable.cache_clear()
@@ -143,7 +143,7 @@ def test_hf_streaming_dataset_from_a_local_directory(tmp_path):
 
 
 def test_hf_pairs_and_a_hub_id_offline(tmp_path, monkeypatch):
-    from sgdd.pipeline import hub
+    from sgdd import offline as hub
 
     write_jsonl(tmp_path / "train.jsonl", [{"a": "one two", "b": "two one"}])
     got, _ = pairs(get_source(f"hf:{tmp_path}", source_field="a", target_field="b"))

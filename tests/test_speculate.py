@@ -14,9 +14,10 @@ from sgdd.cli import cli
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.speculate import BaseLM, HeadDrafter, greedy, speculate
 from sgdd.models.decoder import Decoder
-from sgdd.pipeline.config import CollectConfig, DecoderConfig
-from sgdd.pipeline.errors import SgddError
-from sgdd.pipeline.runtime import pick_precision
+from sgdd.models.decoder import DecoderConfig
+from sgdd.pipeline.config import CollectConfig
+from sgdd.errors import SgddError
+from sgdd.runtime import pick_precision
 from sgdd.stages import collect
 from sgdd.stages.train import fit
 from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir

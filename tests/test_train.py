@@ -9,8 +9,11 @@ import torch
 
 from sgdd.models.checkpoint import load_model
 from sgdd.models.decoder import Decoder
-from sgdd.pipeline.config import DecoderConfig, DiffusionConfig, OptimConfig, TrainConfig, apply_overrides, load_yaml
-from sgdd.pipeline.errors import SgddError
+from sgdd.config import apply_overrides, load_yaml
+from sgdd.models.decoder import DecoderConfig
+from sgdd.models.diffusion import DiffusionConfig
+from sgdd.pipeline.config import OptimConfig, TrainConfig
+from sgdd.errors import SgddError
 from sgdd.stages import train
 from sgdd.stages.train import (EpochSampler, StepNoise, fit, lr_factor, masked_diffusion_loss, param_groups,
                                run)

@@ -11,7 +11,7 @@ from sgdd.models.body import BODY_PREFIX, BodyDecoder
 from sgdd.models.checkpoint import load_model
 from sgdd.models.diffusion import sample_noise
 from sgdd.pipeline.config import OptimConfig
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.stages.train import (Clock, LengthSampler, build_model, fit, load_data, lr_factor, param_groups)
 from tests.helpers import build_body_cache, build_cache
 from tests.helpers_train import one_thread, tiny_cfg  # noqa: F401 (fixture)

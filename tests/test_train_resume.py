@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.stages.train import fit
 from tests.helpers_train import metrics, one_thread, tiny_cfg, tiny_overrides  # noqa: F401 (fixture)
 

@@ -17,8 +17,11 @@ from sgdd.models.checkpoint import load_model
 from sgdd.models.decoder import CONDITIONINGS, Decoder
 from sgdd.models.diffusion import LOGLINEAR_EPS, cart_weights
 from sgdd.models.ema import EMA
-from sgdd.pipeline.config import DecoderConfig, DiffusionConfig, TrainConfig, load_yaml
-from sgdd.pipeline.errors import SgddError
+from sgdd.config import load_yaml
+from sgdd.models.decoder import DecoderConfig
+from sgdd.models.diffusion import DiffusionConfig
+from sgdd.pipeline.config import TrainConfig
+from sgdd.errors import SgddError
 from sgdd.stages.train import StepNoise, draw_noise, evaluate, fit, masked_diffusion_loss, run
 from tests.helpers import build_cache
 from tests.helpers_train import one_thread, tiny_cfg  # noqa: F401 (fixture)
@@ -137,7 +140,7 @@ def test_ema_is_saved_loaded_and_validated(tiny_cache, tmp_path):
     assert not torch.equal(model.state_dict()["cond_proj.weight"], raw.state_dict()["cond_proj.weight"])
     vals = [r for r in result.metrics if "val_loss" in r]
     assert vals and all(r["weights"] == "ema" for r in vals)
-    from sgdd.pipeline.runtime import pick_precision
+    from sgdd.runtime import pick_precision
     from sgdd.stages.train import load_data
 
     again = evaluate(model, load_data(cfg).val, cfg, pick_precision("fp32", torch.device("cpu")), torch.device("cpu"))
@@ -268,7 +271,7 @@ def test_mtp_preset_trains_on_a_windows_cache(windows_cache, tmp_path):
     cfg = load_yaml(CONFIGS / "mtp-smollm2.yaml", TrainConfig)
     assert cfg.view == "next_block" and cfg.model.n_layers == 1 and cfg.model.d_model is None
     assert cfg.block_length == 4 and cfg.model.conditioning == "prefix" and cfg.model.cond_tokens == 1
-    from sgdd.pipeline.config import apply_overrides
+    from sgdd.config import apply_overrides
 
     small = apply_overrides(cfg, {"shards": str(windows_cache), "out": str(tmp_path / "r"), "optim.max_steps": 2,
                                   "optim.batch_size": 8, "eval_batches": 1, "precision": "fp32", "device": "cpu"})
@@ -347,7 +350,7 @@ def test_metrics_report_the_share_of_time_spent_on_data(tiny_cache, tmp_path):
 
 
 def test_options_that_do_not_apply_or_do_not_exist_are_refused_in_one_message():
-    from sgdd.pipeline.config import from_dict
+    from sgdd.config import from_dict
 
     with pytest.raises(SgddError) as err:
         from_dict(TrainConfig, {"view": "rows", "block_tail": "pad", "block_length": 0, "ema_decay": 1.0,

@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 
 from sgdd.cache import format as fmt
 from sgdd.cli import cli
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.stages.train import fit
 from tests.helpers import SENTENCES, build_cache, make_pickle_only
 from tests.helpers_train import metrics, one_thread, tiny_cfg  # noqa: F401 (fixture)

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from sgdd.cache import format as fmt
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 CARD_FILE = "README.md"
 CARD_MARK = "<!-- written by sgdd collect: rewritten whenever a split is collected -->"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 from sgdd.cache.reader import Cache
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 # model, weights, tokenizer and kind come from the encoder's fingerprint; pooling and layer from
 # how the split was collected; dtype is the stored dtype of the conditioning array; precision is

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sgdd.cache import format as fmt
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 
 class CacheSplit:

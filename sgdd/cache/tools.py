@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sgdd.cache.reader import Cache, CacheSplit
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 
 def _size(path: Path) -> int:

@@ -36,7 +36,7 @@ import torch
 
 from sgdd.cache.reader import CacheSplit
 from sgdd.models.diffusion import IGNORE_INDEX
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 VIEWS = ("sentence", "next_block")
 BLOCK_TAILS = ("skip", "ignore")

@@ -26,8 +26,8 @@ from safetensors.torch import save_file
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from sgdd.cache import format as fmt
-from sgdd.pipeline.config import diff_dicts
-from sgdd.pipeline.errors import SgddError
+from sgdd.config import diff_dicts
+from sgdd.errors import SgddError
 
 FP16_MAX = 65504.0
 ROW_SCHEMA = fmt.SENTENCE_SCHEMA  # the sentence schema; pairs and windows add columns (format.SCHEMAS)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 LENGTH_MODES = ("predicted", "oracle", "max", "beam:N")
 MIN_LENGTH = 2  # a sentence holds at least its start and end tokens

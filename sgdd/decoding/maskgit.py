@@ -31,7 +31,7 @@ import torch
 
 from sgdd.decoding.samplers import Sampling, choose_tokens, get_confidence, rank_scores
 from sgdd.models.diffusion import Schedule, get_schedule
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 # name -> f(ratio of steps done in [0, 1]) -> share of positions still masked after it (f(0) = 1, f(1) = 0)
 UNMASK_SCHEDULES: dict[str, Callable[[float], float]] = {

@@ -9,8 +9,8 @@ from typing import Sequence
 import torch
 
 from sgdd.metrics import cosine
-from sgdd.pipeline.errors import SgddError
-from sgdd.pipeline.runtime import Precision
+from sgdd.errors import SgddError
+from sgdd.runtime import Precision
 
 
 class ReEncoder:

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 # --------------------------------------------------------------------------------------------
 # confidence rules: (log-probs [N, V], chosen token [N], generator) -> score [N], higher = commit first

@@ -33,7 +33,7 @@ import torch
 
 from sgdd.decoding.maskgit import decode
 from sgdd.decoding.samplers import Sampling
-from sgdd.pipeline.runtime import Precision
+from sgdd.runtime import Precision
 
 Drafter = Callable[[torch.Tensor, list[int]], list[int]]
 

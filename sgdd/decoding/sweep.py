@@ -12,9 +12,8 @@ import itertools
 import typing
 from typing import Any
 
-import yaml
-
-from sgdd.pipeline.errors import SgddError
+from sgdd.config import coerce, from_dict, problems_of, to_dict, yaml_scalar
+from sgdd.errors import SgddError
 
 # The settings a sweep may vary: everything that changes how (or how often) a row is decoded.
 SWEEPABLE = ("sampler", "steps", "schedule", "block_length", "tau", "temperature", "top_k", "top_p", "alg_temp",
@@ -25,13 +24,7 @@ def _scalar(raw: str) -> Any:
     raw = raw.strip()
     if raw.lower() == "none":
         return None
-    value = yaml.safe_load(raw) if raw else raw
-    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
+    return yaml_scalar(raw) if raw else raw
 
 
 def parse_sweep(items: list[str] | tuple[str, ...]) -> dict[str, list[Any]]:
@@ -52,8 +45,6 @@ def parse_sweep(items: list[str] | tuple[str, ...]) -> dict[str, list[Any]]:
 
 def sweep_problems(cfg: Any) -> list[str]:
     """Every bad ``cfg.sweep`` entry or value, each value checked against the rest of ``cfg``."""
-    from sgdd.pipeline.config import _check, _coerce
-
     if not cfg.sweep:
         return []
     try:
@@ -61,23 +52,21 @@ def sweep_problems(cfg: Any) -> list[str]:
     except SgddError as e:
         return [str(e)]
     base = dataclasses.replace(cfg, sweep=[])
-    before = set(_check(base))
+    before = set(problems_of(base))
     hints = typing.get_type_hints(type(cfg))
     out = []
     for key, values in grid.items():
         for raw in values:
             problems: list[str] = []
-            value = _coerce(raw, hints[key], key, problems)
+            value = coerce(raw, hints[key], key, problems)
             if not problems:
-                problems = [q for q in _check(dataclasses.replace(base, **{key: value})) if q not in before]
+                problems = [q for q in problems_of(dataclasses.replace(base, **{key: value})) if q not in before]
             out += [f"sweep {key}={raw}: {q}" for q in problems]
     return out
 
 
 def expand_sweep(cfg: Any) -> list[tuple[dict[str, Any], Any]]:
     """[(the swept values, the config of that setting)]; one entry ``({}, cfg)`` without a sweep."""
-    from sgdd.pipeline.config import from_dict, to_dict
-
     grid = parse_sweep(cfg.sweep)
     if not grid:
         return [({}, cfg)]

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 
 from sgdd.models.decoder import LengthHead, project_logits
-from sgdd.pipeline.config import DecoderConfig
-from sgdd.pipeline.errors import SgddError
+from sgdd.models.decoder import DecoderConfig
+from sgdd.errors import SgddError
 
 BODY_PREFIX = "body."  # state-dict prefix of the pretrained weights (their own learning rate)
 

@@ -18,9 +18,9 @@ import pickle
 import torch
 
 from sgdd.models.encoder import ResolvedModel, hub_root, model_fingerprint, resolve_model
-from sgdd.pipeline.errors import SgddError
-from sgdd.pipeline.log import quiet_transformers
-from sgdd.pipeline.runtime import Precision
+from sgdd.errors import SgddError
+from sgdd.log import quiet_transformers
+from sgdd.runtime import Precision
 
 LOGIT_ROWS = 1024  # positions per LM-head matmul when taking the argmax (bounds the [P, V] logits: 0.1 GB in bf16 at V = 49k)
 

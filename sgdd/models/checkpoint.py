@@ -33,8 +33,9 @@ from safetensors.torch import load_file, save_file
 from sgdd.cache.format import file_sha256
 from sgdd.models.body import BodyDecoder
 from sgdd.models.decoder import Decoder
-from sgdd.pipeline.config import DecoderConfig, from_dict
-from sgdd.pipeline.errors import SgddError
+from sgdd.config import from_dict
+from sgdd.models.decoder import DecoderConfig
+from sgdd.errors import SgddError
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"

@@ -24,15 +24,81 @@ linear map goes in and another comes out (factorised embeddings), so a tie still
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sgdd.pipeline.config import DecoderConfig
-from sgdd.pipeline.errors import SgddError
+from sgdd.config import doc
+from sgdd.errors import SgddError
 
 CONDITIONINGS = ("cross", "adaln", "prefix")
+INIT_BODIES = ("none", "encoder")
+
+
+@dataclass
+class DecoderConfig:
+    n_layers: int = doc(6, "Transformer blocks.")
+    d_model: int | None = doc(512, "Hidden size; null = the cache's hidden size (the base model's, for an MTP head).")
+    n_heads: int = doc(8, "Attention heads (d_model must be divisible by it).")
+    mlp_ratio: float = doc(4.0, "MLP hidden size as a multiple of d_model.")
+    max_len: int = doc(64, "Tokens per generated sentence (sentence view; the next-block view uses block_length).")
+    conditioning: str = doc(
+        "adaln",
+        "How the condition vector enters: adaln (AdaLN-Zero: per-block shift/scale/gate from condition + time, "
+        "gates start at 0; the default: it learned the condition far better than cross-attention in the "
+        "ablations of RESULTS.md), cross (cross-attention to cond_tokens memory slots in every block, the seed's "
+        "choice) or prefix (cond_tokens extra tokens prepended to the self-attention; the only choice with "
+        "init_body encoder).",
+    )
+    cond_tokens: int = doc(4, "Memory slots (cross) or prefix tokens (prefix) the condition is projected to; adaln uses none.")
+    tie_output: bool = doc(
+        True,
+        "Output layer tied to the input embeddings; false = a separate output matrix, initialised from "
+        "the base model's LM head when the cache has one (lm_head.safetensors).",
+    )
+    dropout: float = doc(0.0, "Dropout in attention and MLP outputs.")
+    cond_drop: float = doc(0.0, "Share of training samples whose condition is replaced by the learned null, so that "
+                           "classifier-free guidance (eval cfg_scale) has an unconditional model; 0 = no guidance "
+                           "(the seed used 0.1).")
+    rope_theta: float = doc(10000.0, "RoPE base.")
+    init_body: str = doc(
+        "none",
+        "none (a transformer trained from scratch, sized by the fields above) or encoder (the frozen encoder's "
+        "own pretrained layers, stored in the cache by `sgdd collect`, become the decoder's body: its first "
+        "n_layers layers, its hidden size and heads; the condition enters as cond_tokens prefix tokens "
+        "(conditioning prefix) or as AdaLN-Zero shifts and scales of the body's norms (conditioning adaln), "
+        "both from a small zero-initialised MLP; there is no time input).",
+    )
+    length_head: bool = doc(False, "Predict each sentence's token count from the condition (a small MLP); decoding "
+                            "then generates exactly that many positions instead of max_len padded ones.")
+
+    def problems(self) -> list[str]:
+        """Every problem of this config, one short sentence each."""
+        p: list[str] = []
+        if self.d_model is None:  # the cache's hidden size: checked when the decoder is built
+            if self.n_heads < 1:
+                p.append(f"model.n_heads must be positive, got {self.n_heads}")
+        elif self.n_heads < 1 or self.d_model % self.n_heads:
+            p.append(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        elif (self.d_model // self.n_heads) % 2:
+            p.append(f"model head size d_model/n_heads = {self.d_model // self.n_heads} must be even for RoPE")
+        for name in ("n_layers", "max_len", "cond_tokens"):
+            if getattr(self, name) < 1:
+                p.append(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.conditioning not in CONDITIONINGS:
+            p.append(f"model.conditioning {self.conditioning!r} unknown (valid: {', '.join(CONDITIONINGS)})")
+        if not 0 <= self.cond_drop < 1:
+            p.append(f"model.cond_drop must be in [0, 1), got {self.cond_drop}")
+        if not 0 <= self.dropout < 1:
+            p.append(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.init_body not in INIT_BODIES:
+            p.append(f"model.init_body {self.init_body!r} unknown (valid: {', '.join(INIT_BODIES)})")
+        elif self.init_body == "encoder" and self.conditioning not in ("prefix", "adaln"):
+            p.append(f"model.init_body encoder takes the condition as prefix tokens or AdaLN modulation of its norms: "
+                     f"set model.conditioning prefix or adaln (got {self.conditioning!r})")
+        return p
 ADALN_CHUNKS = 6  # shift, scale, gate for attention; shift, scale, gate for the MLP
 
 

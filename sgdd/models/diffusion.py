@@ -34,7 +34,8 @@ from typing import Callable
 
 import torch
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.config import doc
+from sgdd.errors import SgddError
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 LOGLINEAR_EPS = 1e-3  # MDLM: alpha(1) = eps, so a fully masked sequence is never the only input
@@ -219,3 +220,38 @@ def apply_mask(x0: torch.Tensor, t: torch.Tensor, u: torch.Tensor, schedule: Sch
     scored[:, :given] = False
     x_t = torch.where(scored | ~real, torch.full_like(x0, mask_id), x0)
     return x_t, scored
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = doc("linear", "Noise schedule alpha(t): linear, cosine, polynomial (1 - t^kappa) or loglinear.")
+    kappa: float | None = doc(None, "Exponent of the polynomial schedule (default 2); only with schedule polynomial.")
+    loss_weight: str = doc(
+        "ones",
+        "Per-token loss weight: ones (plain cross-entropy; the default: lower variance than elbo with "
+        "i.i.d. t, and it won the ablation of RESULTS.md), elbo (-alpha'/(1-alpha); 1/t for linear), path (ones plus "
+        "Open-dLLM's exp(-l).detach()*l) or cart (Dream's context-adaptive token-level weights).",
+    )
+    cart_p: float | None = doc(None, "Geometric-distribution p of the cart weight (default 0.3); only with loss_weight cart.")
+    time_eps: float = doc(1e-3, "t is drawn from U(time_eps, 1).")
+    stratified: bool = doc(False, "Low-discrepancy times (MDLM): the n times of an optimizer step are "
+                           "(u + i/n) mod 1 for one uniform u, spread evenly over (time_eps, 1) instead of i.i.d.")
+
+    def problems(self) -> list[str]:
+        """Every problem of this config, one short sentence each."""
+        p: list[str] = []
+        if self.schedule not in SCHEDULES:
+            p.append(f"diffusion.schedule {self.schedule!r} unknown (valid: {', '.join(SCHEDULES)})")
+        if self.loss_weight not in LOSS_WEIGHTS:
+            p.append(f"diffusion.loss_weight {self.loss_weight!r} unknown (valid: {', '.join(LOSS_WEIGHTS)})")
+        if self.kappa is not None and self.schedule != "polynomial":
+            p.append(f"diffusion.kappa is for the polynomial schedule, not {self.schedule!r}")
+        if self.kappa is not None and self.kappa <= 0:
+            p.append(f"diffusion.kappa must be positive, got {self.kappa}")
+        if self.cart_p is not None and self.loss_weight != "cart":
+            p.append(f"diffusion.cart_p is for loss_weight cart, not {self.loss_weight!r}")
+        if self.cart_p is not None and not 0 < self.cart_p <= 1:
+            p.append(f"diffusion.cart_p must be in (0, 1], got {self.cart_p}")
+        if not 0 < self.time_eps < 1:
+            p.append(f"diffusion.time_eps must be in (0, 1), got {self.time_eps}")
+        return p

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from sgdd.pipeline.errors import SgddError
-from sgdd.pipeline.log import quiet_transformers
-from sgdd.pipeline.runtime import Precision
+from sgdd.errors import SgddError
+from sgdd.log import quiet_transformers
+from sgdd.runtime import Precision
 
 @dataclass(frozen=True)
 class Packaged:
@@ -86,7 +86,7 @@ def resolve_model(name: str, gguf_file: str | None = None) -> ResolvedModel:
         folder = _packaged_folder(packaged)
         if folder is not None:
             return _local_model(folder, gguf_file or packaged.gguf_file)
-    from sgdd.pipeline.hub import hub_reachable
+    from sgdd.offline import hub_reachable
 
     if not hub_reachable():
         try:  # already in the local Hugging Face cache?

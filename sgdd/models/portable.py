@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 
 from sgdd.cache import format as fmt
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 ASSETS_DIR = "encoder"
 CACHE_INFO = "cache.json"

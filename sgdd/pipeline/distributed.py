@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 T = TypeVar("T")
 # A rank waits at a barrier for the slowest one (at most about one shard of work); a rank that

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sgdd.pipeline.config import doc
+from sgdd.config import doc
 
 
 @dataclass

@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from typing import Callable, Protocol
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 
 class Tracker(Protocol):

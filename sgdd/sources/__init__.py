@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.sources import Record, Source, count
 from sgdd.cache.format import file_sha256
 from sgdd.sources.local import as_text
@@ -49,7 +49,7 @@ def hf_source(spec: str, data_dir: str | None, text_field: str = "text", source_
         raise SgddError("--dataset hf: needs a name: hf:NAME[:CONFIG] (a Hub id or a local dataset directory)")
     local = _is_local(name, data_dir)
     if not local:
-        from sgdd.pipeline.hub import hub_reachable
+        from sgdd.offline import hub_reachable
 
         if not hub_reachable():
             raise SgddError(f"cannot reach the Hugging Face Hub to stream {name!r}; pass hf:DIR with a local "

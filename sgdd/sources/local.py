@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from sgdd.cache.format import file_sha256
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.sources import LOCAL_SUFFIXES, Record, Source, count
 from sgdd.sources.text import article_lines, clean_text
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterator
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.sources import Record, Source, count
 from sgdd.cache.format import file_sha256
 from sgdd.sources.text import clean_text
@@ -132,7 +132,7 @@ def pair_dataset(name: str, records: Callable, hub_config: str | None, data_dir:
             return records(_rows_local(files[split], stats), split, stats)
 
         return Source(name, tuple(files), fingerprint, read, kind="pairs")
-    from sgdd.pipeline.hub import hub_reachable
+    from sgdd.offline import hub_reachable
 
     if hub_config is None:
         raise SgddError(f"{name} has no Hugging Face copy to stream; pass --data-dir DIR holding <split>.jsonl "

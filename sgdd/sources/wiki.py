@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 from typing import Iterator
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 from sgdd.sources import Record, Source, count
 from sgdd.cache.format import file_sha256
 from sgdd.sources.text import article_lines, article_sentences
@@ -50,7 +50,7 @@ def wiki_source(data_dir: str | None) -> Source:
         fingerprint = {"kind": "wiki-parquet", "files": {s: file_sha256(root / f"{s}.parquet") for s in splits}}
         articles = lambda split: _articles_local(root, split)  # noqa: E731
     else:
-        from sgdd.pipeline.hub import hub_reachable
+        from sgdd.offline import hub_reachable
 
         if not hub_reachable():
             raise SgddError(f"cannot reach the Hugging Face Hub to stream {WIKI_HUB[0]}; pass --data-dir DIR "

@@ -30,11 +30,12 @@ from sgdd.cache import format as fmt
 from sgdd.cache.hf import write_dataset_card
 from sgdd.cache.writer import (DirLock, ShardBuilder, SplitWriter, encoder_identity_diff, io_error, write_body_files,
                                write_encoder_files)
-from sgdd.pipeline.config import CollectConfig, to_dict
+from sgdd.config import to_dict
+from sgdd.pipeline.config import CollectConfig
 from sgdd.pipeline.distributed import BARRIER_TIMEOUT, Ranks, init_ranks, rank_device, rank_threads
-from sgdd.pipeline.errors import SgddError
-from sgdd.pipeline.log import get_logger, progress
-from sgdd.pipeline.runtime import Precision, default_threads, pick_device, pick_precision
+from sgdd.errors import SgddError
+from sgdd.log import get_logger, progress
+from sgdd.runtime import Precision, default_threads, pick_device, pick_precision
 from sgdd.sources import Source, count, get_source
 from sgdd.sources.rows import document_chunks, pair_rows, sentence_rows, window_rows
 

@@ -53,10 +53,11 @@ from sgdd.decoding.trajectory import render_text, trajectory_of
 from sgdd.metrics import compute_metrics, get_metric
 from sgdd.models.checkpoint import MODEL_FILE, load_model
 from sgdd.models.diffusion import IGNORE_INDEX, Schedule, get_schedule
-from sgdd.pipeline.config import EvalConfig, save_yaml
-from sgdd.pipeline.errors import SgddError
-from sgdd.pipeline.log import progress
-from sgdd.pipeline.runtime import Precision, default_threads, pick_device, pick_precision, seed_everything
+from sgdd.config import save_yaml
+from sgdd.pipeline.config import EvalConfig
+from sgdd.errors import SgddError
+from sgdd.log import progress
+from sgdd.runtime import Precision, default_threads, pick_device, pick_precision, seed_everything
 
 RUNS_DIR = Path("runs")
 CHECKPOINTS = ("best", "last")

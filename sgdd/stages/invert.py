@@ -25,8 +25,8 @@ from sgdd.decoding.trajectory import render_text, trajectory_of
 from sgdd.models.checkpoint import MODEL_META
 from sgdd.models.portable import RunAssets, find_assets
 from sgdd.pipeline.config import EvalConfig
-from sgdd.pipeline.errors import SgddError
-from sgdd.pipeline.runtime import default_threads, pick_device, pick_precision
+from sgdd.errors import SgddError
+from sgdd.runtime import default_threads, pick_device, pick_precision
 from sgdd.stages.evaluate import (SPECIAL_KEYS, EvalData, candidate_sampling, check_encoder_fit, checkpoint_dir,
                                   decode_lengths, decode_rows, latest_run, load_checkpoint, to_texts, training_noise)
 

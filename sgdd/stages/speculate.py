@@ -32,9 +32,9 @@ from sgdd.cache.format import write_json_atomic
 from sgdd.cache.reader import Cache, open_cache
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.speculate import BaseLM, Generation, HeadDrafter, greedy, speculate
-from sgdd.pipeline.config import save_yaml
-from sgdd.pipeline.errors import SgddError
-from sgdd.pipeline.runtime import default_threads, pick_device, pick_precision, seed_everything
+from sgdd.config import save_yaml
+from sgdd.errors import SgddError
+from sgdd.runtime import default_threads, pick_device, pick_precision, seed_everything
 from sgdd.pipeline.speculate_config import SpeculateConfig
 from sgdd.stages.evaluate import checkpoint_dir, latest_run, load_checkpoint
 

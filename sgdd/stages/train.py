@@ -57,12 +57,14 @@ from sgdd.models.diffusion import (DEFAULT_CART_P, IGNORE_INDEX, TokenLossInputs
 from sgdd.models.ema import EMA
 from sgdd.models.portable import copy_encoder_files
 from sgdd.pipeline import distributed_train as ddp
-from sgdd.pipeline.config import (DecoderConfig, diff_dicts, DiffusionConfig, OptimConfig, TrainConfig, from_dict, load_yaml,
-                                  to_dict)
+from sgdd.config import diff_dicts, from_dict, load_yaml, to_dict
+from sgdd.models.decoder import DecoderConfig
+from sgdd.models.diffusion import DiffusionConfig
+from sgdd.pipeline.config import OptimConfig, TrainConfig
 from sgdd.pipeline.distributed_train import DistInfo
-from sgdd.pipeline.errors import SgddError
-from sgdd.pipeline.log import get_logger, progress
-from sgdd.pipeline.runtime import Precision, default_threads, pick_device, pick_precision, seed_everything
+from sgdd.errors import SgddError
+from sgdd.log import get_logger, progress
+from sgdd.runtime import Precision, default_threads, pick_device, pick_precision, seed_everything
 from sgdd.pipeline.trackers import Tracker, open_trackers
 
 CONFIG_FILE = "config.yaml"

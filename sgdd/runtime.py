@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sgdd.pipeline.errors import SgddError
+from sgdd.errors import SgddError
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
