@@ -57,8 +57,8 @@ def train_run(setup: Setup, cache_dir: str, steps: int) -> str:
     """A small trained decoder for the decode suite (its quality does not matter: both samplers
     decode the same model)."""
     from sgdd.models.decoder import DecoderConfig
-    from sgdd.pipeline.config import OptimConfig, TrainConfig
     from sgdd.stages import train as stage
+    from sgdd.stages.train.config import OptimConfig, TrainConfig
 
     out = setup.workdir / "run"
     cfg = TrainConfig(shards=cache_dir, out=str(out), val_split=None, model=DecoderConfig(**train.DECODER),

@@ -2,7 +2,7 @@
 without ``torch.compile``, against the old default path (``precision: auto`` used to mean bf16
 autocast on every CPU: the ``bf16`` method), in one run.
 
-Every method runs the real trainer (``train.load_data``, ``build_model``, ``new_state``,
+Every method runs the real trainer (``load_data``, ``build_model``, ``new_state``,
 ``train_step``: sampler, noise, masked loss, backward, clip, AdamW) on the same cache in its own
 process. Reported per method: training tokens/s (real tokens of the batch), model FLOPs per step
 (``torch.utils.flop_counter`` on one step) and MFU against the measured matmul peak *of the
@@ -45,9 +45,12 @@ def worker(args: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from sgdd.models.decoder import DecoderConfig
-    from sgdd.pipeline.config import OptimConfig, TrainConfig
     from sgdd.runtime import pick_precision
-    from sgdd.stages import train
+    from sgdd.stages.train.config import OptimConfig, TrainConfig
+    from sgdd.stages.train.data import load_data
+    from sgdd.stages.train.model import build_model, compile_model
+    from sgdd.stages.train.state import new_state
+    from sgdd.stages.train.step import train_step
 
     precision, compiled = METHODS[args["method"]]
     cfg = TrainConfig(shards=args["cache"], out=None, val_split=None, precision=precision, device="cpu",
@@ -55,20 +58,20 @@ def worker(args: dict) -> dict:
                       optim=OptimConfig(batch_size=BATCH, warmup_steps=2, max_steps=10_000))
     device = torch.device("cpu")
     prec = pick_precision(precision, device)
-    data = train.load_data(cfg)
-    state = train.new_state(train.build_model(cfg, data), cfg, data, prec, device)
+    data = load_data(cfg)
+    state = new_state(build_model(cfg, data), cfg, data, prec, device)
     if compiled:
-        train.compile_model(state.model)
+        compile_model(state.model)
     for _ in range(args["warmup"]):
-        train.train_step(state, data.train, cfg, prec, device)
+        train_step(state, data.train, cfg, prec, device)
     tokens = seconds = 0.0
     for _ in range(args["steps"]):
         began = time.perf_counter()
-        stats = train.train_step(state, data.train, cfg, prec, device)
+        stats = train_step(state, data.train, cfg, prec, device)
         seconds += time.perf_counter() - began
         tokens += stats.samples * data.train.length
     with FlopCounterMode(display=False) as counter:
-        train.train_step(state, data.train, cfg, prec, device)
+        train_step(state, data.train, cfg, prec, device)
     flops = counter.get_total_flops()
     d, L, V, E = DECODER["d_model"], DECODER["max_len"], data.vocab_size, data.embeddings.shape[1]
     shapes = [(BATCH * L, d, 3 * d), (BATCH * L, d, 4 * d), (BATCH * L, 4 * d, d), (BATCH * L // 2, E, V)]

@@ -22,7 +22,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from sgdd.models.diffusion import DiffusionConfig
-    from sgdd.stages.train import draw_noise, masked_diffusion_loss
+    from sgdd.stages.train.loss import draw_noise, masked_diffusion_loss
 
     view, model, opt = decoder_from_cache(args.cache)
     dcfg, gen = DiffusionConfig(), torch.Generator().manual_seed(0)

@@ -67,7 +67,7 @@ def worker(args: dict) -> dict:
 
     from sgdd.models.diffusion import DiffusionConfig
     from sgdd.runtime import pick_precision
-    from sgdd.stages.train import draw_noise, masked_diffusion_loss
+    from sgdd.stages.train.loss import draw_noise, masked_diffusion_loss
 
     view, model, opt = decoder_from_cache(args["cache"])
     prec = pick_precision("bf16", torch.device("cpu"))

@@ -39,9 +39,12 @@ def measure(cache: str, size: str, precision: str, steps: int, warmup: int, batc
     import torch
 
     from sgdd.config import apply_overrides, load_yaml
-    from sgdd.pipeline.config import TrainConfig
     from sgdd.runtime import pick_device, pick_precision
-    from sgdd.stages import train
+    from sgdd.stages.train.config import TrainConfig
+    from sgdd.stages.train.data import load_data
+    from sgdd.stages.train.model import build_model
+    from sgdd.stages.train.state import new_state
+    from sgdd.stages.train.step import train_step
 
     cfg = load_yaml(ROOT / "configs" / SIZES[size], TrainConfig)
     over = {"shards": cache, "precision": precision, "device": "cpu", "val_split": None, "ema_decay": 0.0}
@@ -50,13 +53,13 @@ def measure(cache: str, size: str, precision: str, steps: int, warmup: int, batc
     cfg = apply_overrides(cfg, over)
     device = pick_device("cpu")
     prec = pick_precision(precision, device)
-    data = train.load_data(cfg)
-    model = train.build_model(cfg, data)
-    state = train.new_state(model, cfg, data, prec, device)
+    data = load_data(cfg)
+    model = build_model(cfg, data)
+    state = new_state(model, cfg, data, prec, device)
     times, shares = [], []
     for i in range(warmup + steps):
         began = time.perf_counter()
-        stats = train.train_step(state, data.train, cfg, prec, device)
+        stats = train_step(state, data.train, cfg, prec, device)
         seconds = time.perf_counter() - began
         if i >= warmup:
             times.append(seconds)

@@ -28,7 +28,7 @@ _EXPORTS = {
     "cache_dataset": "sgdd.cache.hf",
     "write_dataset_card": "sgdd.cache.hf",
     "CollectConfig": "sgdd.pipeline.config",
-    "TrainConfig": "sgdd.pipeline.config",
+    "TrainConfig": "sgdd.stages.train.config",
     "EvalConfig": "sgdd.pipeline.config",
     "SgddError": "sgdd.errors",
 }

@@ -290,8 +290,8 @@ def collect(cfg: Any = None, **fields) -> Path:
 
 def train(cfg: Any = None, **fields) -> Path:
     """Stage 2 (``sgdd train``): train a decoder from a cache; returns the run directory."""
-    from sgdd.pipeline.config import TrainConfig
     from sgdd.stages import train as stage
+    from sgdd.stages.train.config import TrainConfig
 
     return stage.run(_config(TrainConfig, cfg, fields))
 

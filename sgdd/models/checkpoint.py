@@ -1,6 +1,7 @@
 """Decoder checkpoints: weights in safetensors, everything else in JSON (nothing is unpickled).
 
-A checkpoint directory holds::
+A run keeps its checkpoints in ``<run>/checkpoints/best`` and ``<run>/checkpoints/last``
+(:func:`checkpoint_dir`). A checkpoint directory holds::
 
     model.safetensors   the trained weights
     ema.safetensors     the exponential moving average of the weights (only with ema_decay > 0);
@@ -41,6 +42,20 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 MODEL_META = "model.json"
 FILES_KEY = "files"  # model.json: safetensors file name -> sha256
+TRAINER_STATE = "trainer.pt"
+CHECKPOINTS = "checkpoints"  # the folder of a run that holds its checkpoints
+BEST, LAST = "best", "last"  # lowest validation loss so far; the latest save (with trainer state)
+
+
+def checkpoint_dir(run_dir: str | Path, which: str) -> Path:
+    """``<run_dir>/checkpoints/<which>`` (which: best or last)."""
+    assert which in (BEST, LAST), which
+    return Path(run_dir) / CHECKPOINTS / which
+
+
+def decoder_config(meta: dict) -> DecoderConfig:
+    """The decoder config a checkpoint's model.json records (fields it predates take their defaults)."""
+    return from_dict(DecoderConfig, meta["decoder"])
 
 
 def model_meta(model: Decoder, cache_dir: str | Path, special_ids: dict) -> dict:
@@ -106,7 +121,7 @@ def save_model(directory: str | Path, model: Decoder, meta: dict,
 
 def build_model(meta: dict) -> Decoder | BodyDecoder:
     """An untrained decoder of the checkpoint's architecture (a pretrained body's from its stored config)."""
-    cfg = from_dict(DecoderConfig, meta["decoder"])
+    cfg = decoder_config(meta)
     sizes = (meta["vocab_size"], meta["cond_dim"], meta["embed_dim"], meta["mask_id"])
     if cfg.init_body == "encoder":
         if "body_config" not in meta:
