@@ -16,7 +16,7 @@ from sgdd.cache.views import sentence_view
 from sgdd.errors import SgddError
 from tests.helpers import SENTENCES
 from tests.helpers_eval import collect_tiny
-from tests.helpers_train import one_thread, tiny_cfg  # noqa: F401 (fixture)
+from tests.train.helpers import one_thread, tiny_cfg  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 

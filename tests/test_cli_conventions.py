@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from sgdd.cli import CHOICES, cli
-from sgdd.pipeline.config import CollectConfig, EvalConfig, TrainConfig
+from sgdd.pipeline.config import CollectConfig, EvalConfig
+from sgdd.stages.train.config import TrainConfig
 from sgdd.log import progress, quiet_transformers, setup
 
 
@@ -16,7 +17,7 @@ def test_choices_match_the_registries():
     from sgdd.decoding.maskgit import UNMASK_SCHEDULES
     from sgdd.decoding.samplers import SAMPLERS
     from sgdd.models.diffusion import LOSS_WEIGHTS, SCHEDULES
-    from sgdd.pipeline.trackers import TRACKERS
+    from sgdd.stages.train.trackers import TRACKERS
 
     assert CHOICES[(TrainConfig, "diffusion.schedule")] == list(SCHEDULES)
     assert CHOICES[(TrainConfig, "diffusion.loss_weight")] == list(LOSS_WEIGHTS)

@@ -13,7 +13,7 @@ from sgdd.pipeline.config import CollectConfig
 from sgdd.stages import collect
 from sgdd.stages.train import fit
 from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir
-from tests.helpers_train import one_thread, tiny_cfg  # noqa: F401 (fixture)
+from tests.train.helpers import one_thread, tiny_cfg  # noqa: F401 (fixture)
 
 L = 4
 
@@ -74,7 +74,7 @@ def test_on_by_default_only_for_a_cache_of_document_text(caches):
 
 @pytest.mark.parametrize("asked,recorded", [(None, True), (False, False)])
 def test_training_uses_the_choice_and_records_it(caches, tmp_path, monkeypatch, asked, recorded):
-    from sgdd.stages import train as train_mod
+    from sgdd.stages.train import step as train_mod
 
     plain, _ = caches
     seen, real = [], train_mod.masked_diffusion_loss

@@ -21,7 +21,7 @@ from sgdd.runtime import pick_precision
 from sgdd.stages import collect
 from sgdd.stages.train import fit
 from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir
-from tests.helpers_train import one_thread, tiny_cfg  # noqa: F401 (fixture)
+from tests.train.helpers import one_thread, tiny_cfg  # noqa: F401 (fixture)
 
 L = 4
 CPU = torch.device("cpu")

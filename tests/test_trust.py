@@ -17,7 +17,7 @@ from sgdd.cli import cli
 from sgdd.errors import SgddError
 from sgdd.stages.train import fit
 from tests.helpers import SENTENCES, build_cache, make_pickle_only
-from tests.helpers_train import metrics, one_thread, tiny_cfg  # noqa: F401 (fixture)
+from tests.train.helpers import metrics, one_thread, tiny_cfg  # noqa: F401 (fixture)
 
 EVAL = ["--split", "test", "--steps", "2", "--device", "cpu", "--precision", "fp32", "--max-samples", "2"]
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from sgdd.config import apply_overrides
-from sgdd.pipeline.config import TrainConfig
+from sgdd.stages.train.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
     """Tiny models gain nothing from threads, and on a busy machine they lose a lot (spin waits).
-    Import it into a test module to use it there."""
+    Every test under tests/train/ uses it (conftest.py); import it into another test module to use it there."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # run() leaves the thread count alone then
     before = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -12,13 +12,15 @@ from sgdd.models.decoder import Decoder
 from sgdd.config import apply_overrides, load_yaml
 from sgdd.models.decoder import DecoderConfig
 from sgdd.models.diffusion import DiffusionConfig
-from sgdd.pipeline.config import OptimConfig, TrainConfig
+from sgdd.stages.train.config import OptimConfig, TrainConfig
 from sgdd.errors import SgddError
-from sgdd.stages import train
-from sgdd.stages.train import (EpochSampler, StepNoise, fit, lr_factor, masked_diffusion_loss, param_groups,
-                               run)
+from sgdd.stages.train import fit, run
+from sgdd.stages.train.loss import StepNoise, masked_diffusion_loss
+from sgdd.stages.train.optim import lr_factor, param_groups
+from sgdd.stages.train.rundir import run_dir_for
+from sgdd.stages.train.samplers import EpochSampler
 from tests.helpers import build_cache
-from tests.helpers_train import assert_params_close, metrics, one_thread, params, tiny_cfg  # noqa: F401 (fixture)
+from tests.train.helpers import assert_params_close, metrics, params, tiny_cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,5 +256,5 @@ def test_run_dir_holds_config_and_metrics(tiny_cache, tmp_path):
 
 def test_default_run_dir_is_named_after_the_cache(tiny_cache):
     cfg = TrainConfig(shards=str(tiny_cache))
-    assert train.run_dir_for(cfg).as_posix() == f"runs/{tiny_cache.name}"
-    assert train.run_dir_for(apply_overrides(cfg, {"name": "x"})).as_posix() == "runs/x"
+    assert run_dir_for(cfg).as_posix() == f"runs/{tiny_cache.name}"
+    assert run_dir_for(apply_overrides(cfg, {"name": "x"})).as_posix() == "runs/x"

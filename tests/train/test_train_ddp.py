@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from sgdd.stages.train import fit
-from tests.helpers_train import metrics, one_thread, tiny_cfg, tiny_overrides  # noqa: F401 (fixture)
+from tests.train.helpers import metrics, tiny_cfg, tiny_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # 9 rows in global batches of 4: the third step has 1 sample, so rank 1 has none
 RUN = {"optim.max_steps": 3, "max_train_samples": 9, "model.cond_drop": 0.3, "eval_every": 3, "eval_batches": 1,
        "ema_decay": 0.5}

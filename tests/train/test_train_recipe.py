@@ -10,11 +10,16 @@ from sgdd.cache.reader import open_cache
 from sgdd.models.body import BODY_PREFIX, BodyDecoder
 from sgdd.models.checkpoint import load_model
 from sgdd.models.diffusion import sample_noise
-from sgdd.pipeline.config import OptimConfig
 from sgdd.errors import SgddError
-from sgdd.stages.train import (Clock, LengthSampler, build_model, fit, load_data, lr_factor, param_groups)
+from sgdd.stages.train import fit
+from sgdd.stages.train import trainer
+from sgdd.stages.train.config import OptimConfig
+from sgdd.stages.train.data import load_data
+from sgdd.stages.train.model import build_model
+from sgdd.stages.train.optim import Clock, lr_factor, param_groups
+from sgdd.stages.train.samplers import LengthSampler
 from tests.helpers import build_body_cache, build_cache
-from tests.helpers_train import one_thread, tiny_cfg  # noqa: F401 (fixture)
+from tests.train.helpers import tiny_cfg
 
 BODY = {"model.init_body": "encoder", "model.conditioning": "prefix", "model.d_model": None, "model.n_layers": 2}
 RECIPE = BODY | {"model.length_head": True, "batching": "by_length", "diffusion.stratified": True,
@@ -122,10 +127,9 @@ def test_lr_decays_over_the_time_budget():
 
 
 def test_time_budget_stops_training_and_is_saved(body_cache, tmp_path, monkeypatch):
-    from sgdd.stages import train
 
     ticks = iter(range(0, 100_000))  # every perf_counter call advances 1 s
-    monkeypatch.setattr(train.time, "perf_counter", lambda: float(next(ticks)))
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: float(next(ticks)))
     cfg = tiny_cfg(body_cache, tmp_path / "run", **RECIPE | {"optim.max_steps": 1000, "optim.max_minutes": 1.0})
     result = fit(cfg)
     assert 0 < result.step < 1000

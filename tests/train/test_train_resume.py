@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from sgdd.errors import SgddError
 from sgdd.stages.train import fit
-from tests.helpers_train import metrics, one_thread, tiny_cfg, tiny_overrides  # noqa: F401 (fixture)
+from tests.train.helpers import metrics, tiny_cfg, tiny_overrides
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # dropout, CFG drops, EMA, accumulation, partial batches and validation: every piece of state
 RUN = {"optim.max_steps": 60, "optim.batch_size": 5, "optim.grad_accum": 2, "model.dropout": 0.1,
        "model.cond_drop": 0.3, "eval_every": 7, "eval_batches": 1, "log_every": 1}
@@ -112,4 +112,16 @@ def test_resume_with_another_number_of_processes_is_refused(tiny_cache, tmp_path
     state = torch.load(state_path, weights_only=True)
     torch.save(state | {"world": 2}, state_path)  # as if written by a 2-process run
     with pytest.raises(SgddError, match="written by a run of 2 processes, this one has 1"):
+        fit(tiny_cfg(tiny_cache, tmp_path / "r", resume=True, **{"optim.max_steps": 3}))
+
+
+def test_resume_refuses_a_trainer_state_of_another_version(tiny_cache, tmp_path):
+    import torch
+
+    fit(tiny_cfg(tiny_cache, tmp_path / "r", **{"optim.max_steps": 3}), stop_at=1)
+    state_path = tmp_path / "r/checkpoints/last/trainer.pt"
+    state = torch.load(state_path, weights_only=True)
+    assert state["version"] == 2
+    torch.save(state | {"version": 1}, state_path)  # the old single-process format is no longer read
+    with pytest.raises(SgddError, match="trainer.pt has version 1; this sgdd reads 2"):
         fit(tiny_cfg(tiny_cache, tmp_path / "r", resume=True, **{"optim.max_steps": 3}))

@@ -20,14 +20,18 @@ from sgdd.models.ema import EMA
 from sgdd.config import load_yaml
 from sgdd.models.decoder import DecoderConfig
 from sgdd.models.diffusion import DiffusionConfig
-from sgdd.pipeline.config import TrainConfig
 from sgdd.errors import SgddError
-from sgdd.stages.train import StepNoise, draw_noise, evaluate, fit, masked_diffusion_loss, run
+from sgdd.stages.train import fit, run
+from sgdd.stages.train import step as step_mod
+from sgdd.stages.train.config import TrainConfig
+from sgdd.stages.train.data import load_data
+from sgdd.stages.train.loss import StepNoise, draw_noise, masked_diffusion_loss
+from sgdd.stages.train.step import validation_loss
 from tests.helpers import build_cache
-from tests.helpers_train import one_thread, tiny_cfg  # noqa: F401 (fixture)
+from tests.train.helpers import tiny_cfg
 from tests.helpers_views import HIDDEN, build_windows_cache
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +145,8 @@ def test_ema_is_saved_loaded_and_validated(tiny_cache, tmp_path):
     vals = [r for r in result.metrics if "val_loss" in r]
     assert vals and all(r["weights"] == "ema" for r in vals)
     from sgdd.runtime import pick_precision
-    from sgdd.stages.train import load_data
 
-    again = evaluate(model, load_data(cfg).val, cfg, pick_precision("fp32", torch.device("cpu")), torch.device("cpu"))
+    again = validation_loss(model, load_data(cfg).val, cfg, pick_precision("fp32", torch.device("cpu")), torch.device("cpu"))
     assert again["val_loss"] == pytest.approx(vals[-1]["val_loss"], rel=1e-6)  # the EMA weights were scored
 
 
@@ -212,17 +215,16 @@ def test_mtp_head_learns_the_next_block(windows_cache, tmp_path):
 
 
 def test_block_tail_ignore_scores_only_real_labels(windows_cache, tmp_path, monkeypatch):
-    from sgdd.stages import train as train_mod
 
     seen = []
-    real = train_mod.masked_diffusion_loss
+    real = step_mod.masked_diffusion_loss
 
     def spy(model, x0, z, noise, dcfg, given=0, lengths=None):
         parts = real(model, x0, z, noise, dcfg, given, lengths)
         seen.append((x0.clone(), parts.n_masked.item(), noise))
         return parts
 
-    monkeypatch.setattr(train_mod, "masked_diffusion_loss", spy)
+    monkeypatch.setattr(step_mod, "masked_diffusion_loss", spy)
     fit(mtp_cfg(windows_cache, tmp_path / "r", block_tail="ignore", val_split=None, **{"optim.max_steps": 3}))
     assert any((x0 == -100).any() for x0, _, _ in seen)  # tail positions are in the batches ...
     for x0, n_masked, noise in seen:  # ... and never scored
@@ -232,15 +234,14 @@ def test_block_tail_ignore_scores_only_real_labels(windows_cache, tmp_path, monk
 def test_mtp_head_with_the_first_token_given(windows_cache, tmp_path, monkeypatch):
     from sgdd.pipeline.config import EvalConfig
     from sgdd.stages import evaluate as evaluate_mod
-    from sgdd.stages import train as train_mod
 
-    givens, real = [], train_mod.masked_diffusion_loss
+    givens, real = [], step_mod.masked_diffusion_loss
 
     def spy(model, x0, z, noise, dcfg, given=0, lengths=None):
         givens.append(given)
         return real(model, x0, z, noise, dcfg, given, lengths)
 
-    monkeypatch.setattr(train_mod, "masked_diffusion_loss", spy)
+    monkeypatch.setattr(step_mod, "masked_diffusion_loss", spy)
     result = fit(mtp_cfg(windows_cache, tmp_path / "r", given=1, **{"optim.max_steps": 3}))
     assert givens and set(givens) == {1}  # training steps and validation
     meta = json.loads((result.run_dir / "checkpoints" / "best" / "model.json").read_text())
