@@ -8,7 +8,9 @@ from pathlib import Path
 
 import click
 
+from sgdd.models.checkpoint import LAST, TRAINER_STATE, checkpoint_dir
 from sgdd.pipeline.config import RunConfig
+from sgdd.stages.train.rundir import run_dir_for
 
 
 def run_all(cfg: RunConfig) -> Path:
@@ -21,7 +23,7 @@ def run_all(cfg: RunConfig) -> Path:
 
     t0 = time.time()
     # a rerun after an interruption continues the run instead of refusing it
-    resume = (train.checkpoint_dir(train.run_dir_for(cfg.train), train.LAST) / train.TRAINER_STATE).is_file()
+    resume = (checkpoint_dir(run_dir_for(cfg.train), LAST) / TRAINER_STATE).is_file()
     run_dir = train.run(dataclasses.replace(cfg.train, shards=str(cache_dir), resume=cfg.train.resume or resume))
     times["train"] = time.time() - t0
 
