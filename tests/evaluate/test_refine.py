@@ -37,7 +37,7 @@ def test_remask_takes_the_least_confident_content_tokens():
 
 
 def _refine(model, encoder, tokenizer, special, z, ids, seed):
-    from sgdd.stages.evaluate import to_texts
+    from sgdd.stages.evaluate.data import to_texts
 
     def encode(x):
         return encoder.encode(to_texts(x, "sentences", tokenizer, special))
@@ -49,7 +49,7 @@ def _refine(model, encoder, tokenizer, special, z, ids, seed):
 
 def test_refinement_never_lowers_the_cosine_and_is_reproducible(tmp_path, collected):
     from sgdd.decoding.maskgit import decode
-    from sgdd.stages.evaluate import to_texts
+    from sgdd.stages.evaluate.data import to_texts
 
     cache = open_cache(collected)
     run_dir = make_run(tmp_path / "run", collected)
