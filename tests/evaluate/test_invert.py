@@ -17,7 +17,7 @@ from sgdd.runtime import pick_precision
 from sgdd.stages.evaluate import batches, invert
 from tests.helpers import SENTENCES
 from tests.helpers_eval import collect_tiny, nearest_decoder
-from tests.test_evaluate import make_run
+from tests.evaluate.test_evaluate import make_run
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from sgdd.stages.evaluate.batches import decode_rows
 from sgdd.stages.evaluate.data import EvalData
 from sgdd.runtime import pick_precision
 from tests.helpers_eval import MASK, V, TableModel, perfect_tables
-from tests.test_evaluate import MAX_LEN, eval_cfg, make_run, read_report
+from tests.evaluate.test_evaluate import MAX_LEN, eval_cfg, make_run, read_report
 
 L, PAD, BOS, EOS = 12, 1, 0, 2
 

@@ -16,7 +16,7 @@ from sgdd.models.diffusion import get_schedule
 from sgdd.runtime import pick_precision
 from sgdd.stages import evaluate
 from tests.helpers_eval import collect_tiny
-from tests.test_evaluate import eval_cfg, make_run, read_report
+from tests.evaluate.test_evaluate import eval_cfg, make_run, read_report
 
 CPU = torch.device("cpu")
 
