@@ -27,7 +27,7 @@ def llada_generate(model, z, steps: int, cfg_scale: float = 0.0, temperature: fl
     import torch
     import torch.nn.functional as F
 
-    from sgdd.decoding.maskgit import unmask_plan
+    from sgdd.decoding.schedules import unmask_plan
 
     B, L = z.shape[0], model.cfg.max_len
     x = torch.full((B, L), model.mask_id, dtype=torch.long)

@@ -29,7 +29,7 @@ _EXPORTS = {
     "write_dataset_card": "sgdd.cache.hf",
     "CollectConfig": "sgdd.pipeline.config",
     "TrainConfig": "sgdd.stages.train.config",
-    "EvalConfig": "sgdd.pipeline.config",
+    "EvalConfig": "sgdd.stages.evaluate.config",
     "SgddError": "sgdd.errors",
 }
 __all__ = sorted(_EXPORTS)

@@ -125,7 +125,7 @@ class Run:
 
     @property
     def special_ids(self) -> dict:
-        from sgdd.stages.evaluate import SPECIAL_KEYS
+        from sgdd.stages.evaluate.resolve import SPECIAL_KEYS
 
         return {**{k: self.encoder_info.get(k) for k in SPECIAL_KEYS}, **self.meta.get("special_ids", {})}
 
@@ -140,7 +140,7 @@ class Run:
 
     # -- decoding ---------------------------------------------------------------------------------
     def _sampling_cfg(self, sampling: dict):
-        from sgdd.pipeline.config import EvalConfig
+        from sgdd.stages.evaluate.config import EvalConfig
 
         known = {f.name for f in dataclasses.fields(EvalConfig)}
         unknown = sorted(set(sampling) - known)
@@ -153,7 +153,8 @@ class Run:
         """Token ids [N, L] decoded from ``vectors`` [N, D] (or one vector [D]) with the settings
         of ``sgdd eval`` (sampler, steps, schedule, temperature, cfg_scale, seed, ...)."""
         from sgdd.decoding.samplers import Sampling
-        from sgdd.stages.evaluate import EvalData, decode_rows
+        from sgdd.stages.evaluate.data import EvalData
+        from sgdd.stages.evaluate.batches import decode_rows
 
         cfg = self._sampling_cfg(sampling)
         z = torch.as_tensor(vectors, dtype=torch.float32)
@@ -169,7 +170,7 @@ class Run:
 
     def decode(self, vectors: Any, batch_size: int = 64, **sampling) -> list[str]:
         """Texts decoded from ``vectors`` [N, D] (sentences are cut at their end token)."""
-        from sgdd.stages.evaluate import to_texts
+        from sgdd.stages.evaluate.data import to_texts
 
         ids = self.decode_ids(vectors, batch_size, **sampling)
         kind = "windows" if self.kind == "next_block" else "sentences"
@@ -178,7 +179,7 @@ class Run:
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Sentence vectors [N, D] of ``texts`` from the run's frozen encoder (loaded on first use),
         rounded through the dtype the training cache stored them in."""
-        from sgdd.stages.invert import as_stored
+        from sgdd.stages.evaluate.invert import as_stored
 
         return as_stored(self._reencoder().encode(list(texts)), self.assets.vectors_dtype)
 
@@ -192,7 +193,7 @@ class Run:
     def invert(self, texts: str | Sequence[str], details: bool = False, **sampling) -> list:
         """Encode ``texts`` with the run's encoder and decode them back: the reconstructions (with
         ``details``: per text a dict with output, cosine, forward passes and trajectory)."""
-        from sgdd.stages.invert import checked_assets, invert_texts
+        from sgdd.stages.evaluate.invert import checked_assets, invert_texts
 
         texts = [texts] if isinstance(texts, str) else list(texts)
         cfg = self._sampling_cfg(sampling)
@@ -298,7 +299,7 @@ def train(cfg: Any = None, **fields) -> Path:
 
 def evaluate(cfg: Any = None, **fields) -> Path:
     """Stage 3 (``sgdd eval``): decode and score a split; returns the report directory."""
-    from sgdd.pipeline.config import EvalConfig
+    from sgdd.stages.evaluate.config import EvalConfig
     from sgdd.stages import evaluate as stage
 
     return stage.run(_config(EvalConfig, cfg, fields))

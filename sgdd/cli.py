@@ -17,9 +17,10 @@ from typing import Any, Callable
 import click
 
 from sgdd.config import apply_overrides, load_yaml, parse_set
-from sgdd.pipeline.config import CollectConfig, EvalConfig, RunConfig
 from sgdd.errors import SgddError
-from sgdd.pipeline.speculate_config import SpeculateConfig
+from sgdd.pipeline.config import CollectConfig, RunConfig
+from sgdd.stages.evaluate.config import EvalConfig
+from sgdd.stages.speculate import SpeculateConfig
 from sgdd.stages.train.config import TrainConfig
 
 
@@ -303,7 +304,7 @@ def invert(texts: tuple[str, ...], config: str | None, sets: tuple[str, ...], ov
     Example:
       sgdd invert --run runs/quickstart "The river flows north through the old city."
     """
-    from sgdd.stages import invert as stage
+    from sgdd.stages.evaluate import invert as stage
 
     stage.run(_build(EvalConfig, config, overrides, sets), list(texts))
 

@@ -72,8 +72,8 @@ def test_run_decodes_like_sgdd_eval_decoding(trained):
 
 
 def test_invert_matches_sgdd_invert(trained):
-    from sgdd.pipeline.config import EvalConfig
-    from sgdd.stages import invert
+    from sgdd.stages.evaluate.config import EvalConfig
+    from sgdd.stages.evaluate import invert
 
     run = sgdd.load_run(trained / "runs" / "quickstart", device="cpu", precision="fp32")
     texts = [SENTENCES[2], SENTENCES[4]]

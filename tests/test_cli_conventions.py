@@ -8,13 +8,14 @@ import pytest
 from click.testing import CliRunner
 
 from sgdd.cli import CHOICES, cli
-from sgdd.pipeline.config import CollectConfig, EvalConfig
+from sgdd.pipeline.config import CollectConfig
+from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.stages.train.config import TrainConfig
 from sgdd.log import progress, quiet_transformers, setup
 
 
 def test_choices_match_the_registries():
-    from sgdd.decoding.maskgit import UNMASK_SCHEDULES
+    from sgdd.decoding.schedules import UNMASK_SCHEDULES
     from sgdd.decoding.samplers import SAMPLERS
     from sgdd.models.diffusion import LOSS_WEIGHTS, SCHEDULES
     from sgdd.stages.train.trackers import TRACKERS

@@ -197,8 +197,8 @@ def test_registry_errors():
 def test_metrics_of_optional_packages_say_so(monkeypatch):
     import importlib.util
 
-    from sgdd.pipeline.config import EvalConfig
-    from sgdd.stages.evaluate import metrics_for
+    from sgdd.stages.evaluate.config import EvalConfig
+    from sgdd.stages.evaluate.score import metrics_for
 
     assert METRICS["diffuseq_bleu"].package == "nltk" and METRICS["bleu"].available()
     real = importlib.util.find_spec

@@ -228,8 +228,7 @@ def test_cli_refuses_another_base_model_or_a_bad_prompt_file(tiny_run, prompt_fi
 def test_speculate_refuses_a_sentence_decoder(tiny_cache, tmp_path, prompt_file):
     run_dir = fit(tiny_cfg(tiny_cache, tmp_path / "r")).run_dir
     with pytest.raises(SgddError, match="not an MTP head"):
-        from sgdd.pipeline.speculate_config import SpeculateConfig
-        from sgdd.stages.speculate import run
+        from sgdd.stages.speculate import SpeculateConfig, run
 
         run(SpeculateConfig(run=str(run_dir), checkpoint="last", prompts=str(prompt_file), device="cpu"))
 

@@ -23,63 +23,15 @@ The model only has to provide the decoder's interface: ``cfg.max_len``, ``mask_i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from sgdd.decoding.samplers import Sampling, choose_tokens, get_confidence, rank_scores
+from sgdd.decoding.schedules import share_steps, unmask_plan
 from sgdd.models.diffusion import Schedule, get_schedule
 from sgdd.errors import SgddError
-
-# name -> f(ratio of steps done in [0, 1]) -> share of positions still masked after it (f(0) = 1, f(1) = 0)
-UNMASK_SCHEDULES: dict[str, Callable[[float], float]] = {
-    "cosine": lambda r: math.cos(0.5 * math.pi * r),  # MaskGIT's choice: few commits early, many late
-    "linear": lambda r: 1.0 - r,  # the same number every step (LLaDA)
-    "square": lambda r: 1.0 - r * r,
-    "cubic": lambda r: 1.0 - r ** 3,
-    "sqrt": lambda r: 1.0 - math.sqrt(r),  # many commits early, few late
-}
-
-
-def get_unmask_schedule(name: str) -> Callable[[float], float]:
-    if name not in UNMASK_SCHEDULES:
-        raise SgddError(f"unknown unmasking schedule {name!r} (valid: {', '.join(UNMASK_SCHEDULES)})")
-    return UNMASK_SCHEDULES[name]
-
-
-def unmask_plan(length: int, steps: int, schedule: str = "cosine") -> list[int]:
-    """How many of ``length`` positions stay masked after each step.
-
-    Strictly decreasing (at least one token is committed per step) and ending at 0. It leaves
-    enough masked positions for the steps still to come, so the plan has exactly
-    ``min(steps, length)`` entries: one forward pass each.
-    """
-    if steps < 1:
-        raise SgddError(f"steps must be at least 1, got {steps}")
-    if length < 1:
-        raise SgddError(f"length must be at least 1, got {length}")
-    share = get_unmask_schedule(schedule)
-    plan, masked = [], length
-    for s in range(1, steps + 1):
-        target = min(max(math.floor(length * share(s / steps)), 0), length)
-        masked = 0 if s == steps else min(masked - 1, max(target, steps - s))
-        masked = max(masked, 0)
-        plan.append(masked)
-        if masked == 0:
-            break
-    assert plan[-1] == 0 and all(a > b for a, b in zip([length] + plan, plan))
-    return plan
-
-
-def share_steps(steps: int, blocks: int) -> list[int]:
-    """Steps of each of ``blocks`` blocks: as even as possible, earlier blocks get the remainder."""
-    if steps < blocks:
-        raise SgddError(f"{blocks} semi-autoregressive blocks need at least {blocks} steps (one per block), "
-                        f"got steps={steps}; raise --steps or --block-length")
-    return [steps // blocks + (i < steps % blocks) for i in range(blocks)]
-
 
 @dataclass
 class Trajectory:
@@ -127,40 +79,36 @@ def take_rows(obj: Any, rows: torch.Tensor) -> Any:
 
 class Conditioner:
     """The condition of a batch of B sequences (conditional rows, then with CFG the unconditional
-    ones). ``cached``: the model's per-sequence condition (cross-attention keys/values) is
-    computed once here; otherwise the model recomputes it from z at every step (the reference
-    path the cached one must match)."""
+    ones): the model's per-sequence condition (cross-attention keys/values) computed once."""
 
-    def __init__(self, model, z: torch.Tensor, guided: bool, cached: bool = True):
+    def __init__(self, model, z: torch.Tensor, guided: bool):
         self.B, self.guided = z.shape[0], guided
-        self.z = torch.cat([z, z]) if guided else z  # [B or 2B, Dz]
-        self.drop = torch.arange(2 * self.B, device=z.device) >= self.B if guided else None
-        self.kv = model.condition(self.z, self.drop) if cached else None
+        z = torch.cat([z, z]) if guided else z  # [B or 2B, Dz]
+        drop = torch.arange(2 * self.B, device=z.device) >= self.B if guided else None
+        self.rows = z.shape[0]
+        self.kv = model.condition(z, drop)
 
     def __call__(self, model, x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """Hidden states [R or 2R, L, d] of the batch rows ``rows`` [R] with inputs x [.., L], t [..]."""
         if self.guided:
             rows = torch.cat([rows, rows + self.B])
-        everything = rows.numel() == self.z.shape[0]
-        if self.kv is not None:
-            return model(x, t, kv=self.kv if everything else take_rows(self.kv, rows))
-        drop = None if self.drop is None else self.drop[rows]
-        return model(x, t, z=self.z[rows], drop=drop)
+        everything = rows.numel() == self.rows
+        return model(x, t, kv=self.kv if everything else take_rows(self.kv, rows))
 
 
-def decode(model, z: torch.Tensor, steps: int = 16, schedule: str = "cosine", cfg_scale: float = 0.0,
-           temperature: float = 0.0, generator: torch.Generator | None = None, return_trajectory: bool = False,
-           *, sampler: str = "maskgit_plus", block_length: int | None = None, tau: float = 0.9, top_k: int = 0,
-           top_p: float = 1.0, alg_temp: float = 0.0, cache_condition: bool = True,
-           length: int | None = None, prefix: torch.Tensor | None = None, noise: Schedule | None = None,
-           start: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
+def decode(model, z: torch.Tensor, steps: int | None = None, schedule: str | None = None, *,
+           sampling: Sampling | None = None, generator: torch.Generator | None = None,
+           return_trajectory: bool = False, length: int | None = None, prefix: torch.Tensor | None = None,
+           noise: Schedule | None = None, start: torch.Tensor | None = None,
+           **settings: Any) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Decode token ids [B, L] from conditions z [B, Dz] with at most ``steps`` forward passes.
 
-    The settings are those of :class:`sgdd.decoding.samplers.Sampling`. ``cfg_scale`` w != 0
-    runs the conditional and the unconditional (learned null condition) branch in one batched
-    forward per step. ``temperature`` 0 is greedy; otherwise tokens are sampled with
-    ``generator`` (which also drives the random order and ``alg_temp``).
-    ``cache_condition=False`` recomputes the condition at every step (slower; same tokens).
+    The decoding settings are a :class:`sgdd.decoding.samplers.Sampling` (``sampling``, default
+    its defaults) with any of its fields given by name replaced (``steps``, ``schedule``,
+    ``sampler``, ``cfg_scale``, ``temperature``, ...). ``cfg_scale`` w != 0 runs the conditional
+    and the unconditional (learned null condition) branch in one batched forward per step.
+    ``temperature`` 0 is greedy; otherwise tokens are sampled with ``generator`` (which also
+    drives the random order and ``alg_temp``).
     ``length``: tokens to generate (default ``model.cfg.max_len``; an MTP head's block length).
     ``prefix`` [B, P]: tokens given at positions 0..P-1 (committed before the first step, never
     changed; e.g. the base model's own next token for an MTP head); the rest is decoded.
@@ -171,14 +119,16 @@ def decode(model, z: torch.Tensor, steps: int = 16, schedule: str = "cosine", cf
     With ``return_trajectory`` also returns a :class:`Trajectory`. The model is put in eval
     mode for the call and restored afterwards.
     """
-    sampling = Sampling(sampler=sampler, steps=steps, schedule=schedule, block_length=block_length, tau=tau,
-                        temperature=temperature, top_k=top_k, top_p=top_p, alg_temp=alg_temp,
-                        cfg_scale=cfg_scale).check()
+    if steps is not None:
+        settings["steps"] = steps
+    if schedule is not None:
+        settings["schedule"] = schedule
+    sampling = Sampling.named(sampling, **settings).check()
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():  # (not inference_mode: under it autocast re-casts every weight at every step)
-            ids, trajectory = _decode(model, z, sampling, generator, cache_condition, length, prefix,
+            ids, trajectory = _decode(model, z, sampling, generator, length, prefix,
                                       noise or get_schedule("linear"), start)
     finally:
         model.train(was_training)
@@ -248,7 +198,7 @@ def _row_plans(n_open: torch.Tensor, steps: int, schedule: str) -> torch.Tensor:
     return table
 
 
-def _decode(model, z: torch.Tensor, s: Sampling, generator, cache_condition: bool, length: int | None,
+def _decode(model, z: torch.Tensor, s: Sampling, generator, length: int | None,
             prefix: torch.Tensor | None, noise: Schedule, start: torch.Tensor | None):
     B, device, mask = z.shape[0], z.device, model.mask_id
     L = start.shape[1] if start is not None else (length or model.cfg.max_len)
@@ -262,7 +212,7 @@ def _decode(model, z: torch.Tensor, s: Sampling, generator, cache_condition: boo
                         "tokens (and takes no prefix)")
     spec, confidence = s.spec, get_confidence(s.spec.confidence)
     blocks = s.blocks(L)
-    cond = Conditioner(model, z, guided=s.cfg_scale != 0, cached=cache_condition)  # 1. condition once
+    cond = Conditioner(model, z, guided=s.cfg_scale != 0)  # 1. condition once
 
     x = torch.full((B, L), mask, dtype=torch.long, device=device)  # [B, L]
     if P:

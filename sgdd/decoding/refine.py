@@ -86,7 +86,7 @@ def redecode(model, z: torch.Tensor, start: torch.Tensor, lengths: torch.Tensor,
             chunk = members[lo:lo + batch_size]
             with autocast():
                 out, traj = decode(model, z[chunk.to(device)], generator=generator, return_trajectory=True,
-                                   start=start[chunk, :n].to(device), noise=noise, **dataclasses.asdict(sampling))
+                                   start=start[chunk, :n].to(device), noise=noise, sampling=sampling)
             ids[chunk, :n] = out.cpu()
             logp[chunk, :n] = traj.token_logp.float().cpu()
             calls += traj.forward_passes

@@ -1,6 +1,6 @@
 """The sampler family: what tells one MaskGIT-style sampler from another.
 
-Every sampler runs the same loop (:func:`sgdd.decoding.maskgit.decode`): start fully masked,
+Every sampler runs the same loop (``sgdd.decoding.maskgit.decode``): start fully masked,
 predict every still-masked position, commit some of them, repeat. Samplers differ in
 
 - the **confidence rule** that orders the masked positions (``CONFIDENCES``): max probability
@@ -17,11 +17,13 @@ predict every still-masked position, commit some of them, repeat. Samplers diffe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Callable
 
 import torch
 
+from sgdd.config import doc
+from sgdd.decoding.schedules import UNMASK_SCHEDULES
 from sgdd.errors import SgddError
 
 # --------------------------------------------------------------------------------------------
@@ -104,25 +106,42 @@ def get_sampler(name: str) -> SamplerSpec:
 # --------------------------------------------------------------------------------------------
 # settings
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass
 class Sampling:
-    """Every decoding setting. The fields mirror EvalConfig's decoding fields of the same name."""
+    """Every decoding setting, written once: ``decode`` takes it, ``EvalConfig`` inherits its
+    fields (YAML keys, ``sgdd eval`` options and their help texts come from here)."""
 
-    sampler: str = "maskgit_plus"
-    steps: int = 16  # most forward passes per sequence (CFG: one batched pass per step)
-    schedule: str = "cosine"  # unmasking schedule: how many stay masked after each step
-    block_length: int | None = None  # semi-autoregressive blocks; None = the sampler's default
-    tau: float = 0.9  # threshold sampler: commit every position whose probability is >= tau
-    temperature: float = 0.0  # 0 = argmax
-    top_k: int = 0  # sample among the k most likely tokens (0 = all)
-    top_p: float = 1.0  # sample in the smallest set of tokens with this much probability
-    alg_temp: float = 0.0  # randomness in the confidence order (0 = strict order)
-    cfg_scale: float = 0.0  # classifier-free guidance w
+    sampler: str = doc(
+        "maskgit_plus",
+        "Sampler: maskgit_plus (most probable first), random (Dream's origin), entropy, topk_margin, "
+        "llada (low-confidence remasking in blocks) or threshold (Fast-dLLM: everything above tau).",
+    )
+    steps: int = doc(16, "Decoding steps: the most forward passes per sequence (threshold may need fewer).")
+    schedule: str = doc("cosine", "Unmasking schedule, how many tokens stay masked after each step: cosine, "
+                                  "linear, square, cubic or sqrt.")
+    block_length: int | None = doc(None, "Semi-autoregressive blocks of N tokens, decoded left to right "
+                                         "(null = the sampler's default: one block; llada 8).")
+    tau: float = doc(0.9, "threshold sampler: commit every position whose probability reaches tau, in (0, 1].")
+    temperature: float = doc(0.0, "Sampling temperature (0 = greedy).")
+    top_k: int = doc(0, "Sample among the k most likely tokens (0 = all).")
+    top_p: float = doc(1.0, "Sample within the smallest set of most likely tokens holding this probability (1 = all).")
+    alg_temp: float = doc(0.0, "Randomness in the commit order: positions drawn in proportion to "
+                               "softmax(confidence / alg_temp) (0 = strictly most confident first).")
+    cfg_scale: float = doc(0.0, "Classifier-free guidance w: p = p_c + w (p_c - p_u).")
 
     @classmethod
     def of(cls, obj) -> "Sampling":
         """The decoding settings of any object with these attributes (an EvalConfig)."""
         return cls(**{f.name: getattr(obj, f.name) for f in fields(cls)})
+
+    @classmethod
+    def named(cls, base: "Sampling | None" = None, **settings) -> "Sampling":
+        """``base`` (default: the defaults) with the settings given by name replaced."""
+        valid = [f.name for f in fields(cls)]
+        unknown = [k for k in settings if k not in valid]
+        if unknown:
+            raise SgddError(f"unknown decoding setting(s) {', '.join(unknown)} (valid: {', '.join(valid)})")
+        return replace(cls.of(base) if base is not None else cls(), **settings)
 
     @property
     def spec(self) -> SamplerSpec:
@@ -130,8 +149,6 @@ class Sampling:
 
     def problems(self) -> list[str]:
         """Every bad setting, one message each (empty when all is well)."""
-        from sgdd.decoding.maskgit import UNMASK_SCHEDULES
-
         p = []
         if self.sampler not in SAMPLERS:
             p.append(f"sampler {self.sampler!r} unknown (valid: {', '.join(SAMPLERS)})")
@@ -156,7 +173,7 @@ class Sampling:
         return p
 
     def check(self) -> "Sampling":
-        problems = self.problems()
+        problems = Sampling.problems(self)
         if problems:
             raise SgddError("invalid decoding settings: " + "; ".join(problems))
         return self

@@ -23,7 +23,6 @@ so far ends with b; :class:`HeadDrafter` wraps a trained head. :func:`speculate`
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -196,12 +195,12 @@ class HeadDrafter:
     def __init__(self, model, block_length: int, sampling: Sampling, device: torch.device, precision: Precision,
                  seed: int = 0):
         self.model, self.L, self.device, self.precision = _FewRows(model.to(device).eval()), block_length, device, precision
-        self.kwargs = dataclasses.asdict(sampling.check())
+        self.sampling = sampling.check()
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, h: torch.Tensor, continuation: list[int]) -> list[int]:
         z = h[None].to(self.device)  # [1, H]
         prefix = torch.tensor([continuation[-1:]], dtype=torch.long, device=self.device)  # [1, 1] the known token b
         with self.precision.autocast():
-            ids = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix, **self.kwargs)  # [1, L]
+            ids = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix, sampling=self.sampling)  # [1, L]
         return ids[0, 1:].tolist()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from sgdd.config import PRECISIONS, doc
+from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.stages.train.config import TrainConfig
 
 
@@ -89,122 +90,6 @@ class CollectConfig:
             p.append("source_field and target_field go together (paraphrase pairs); give both or neither")
         if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
             p.append(f"gguf_file must name a .gguf file, got {self.gguf_file!r}")
-        return p
-
-
-
-# --------------------------------------------------------------------------------------------
-# Stage 3
-# --------------------------------------------------------------------------------------------
-@dataclass
-class EvalConfig:
-    RUN_SECTION: ClassVar[str] = "eval"  # its section of a `sgdd run` file
-
-    run: str | None = doc(None, "Run directory; default the most recently modified one under runs/.")
-    shards: str | None = doc(None, "Cache directory; default the one the run was trained on.")
-    allow_foreign_cache: bool = doc(False, "Use a cache whose encoder identity (weights, tokenizer, pooling, "
-                                    "layer, stored dtype, precision) differs from the one the run was trained on.")
-    split: str | None = doc(None, "Split to decode; default test if the cache has it, else validation.")
-    checkpoint: str = doc("best", "Checkpoint to load: best or last.")
-    sampler: str = doc(
-        "maskgit_plus",
-        "Sampler: maskgit_plus (most probable first), random (Dream's origin), entropy, topk_margin, "
-        "llada (low-confidence remasking in blocks) or threshold (Fast-dLLM: everything above tau).",
-    )
-    steps: int = doc(16, "Decoding steps: the most forward passes per sequence (threshold may need fewer).")
-    schedule: str = doc("cosine", "Unmasking schedule, how many tokens stay masked after each step: cosine, "
-                                  "linear, square, cubic or sqrt.")
-    block_length: int | None = doc(None, "Semi-autoregressive blocks of N tokens, decoded left to right "
-                                         "(null = the sampler's default: one block; llada 8).")
-    tau: float = doc(0.9, "threshold sampler: commit every position whose probability reaches tau, in (0, 1].")
-    cfg_scale: float = doc(0.0, "Classifier-free guidance w: p = p_c + w (p_c - p_u).")
-    temperature: float = doc(0.0, "Sampling temperature (0 = greedy).")
-    top_k: int = doc(0, "Sample among the k most likely tokens (0 = all).")
-    top_p: float = doc(1.0, "Sample within the smallest set of most likely tokens holding this probability (1 = all).")
-    alg_temp: float = doc(0.0, "Randomness in the commit order: positions drawn in proportion to "
-                               "softmax(confidence / alg_temp) (0 = strictly most confident first).")
-    candidates: int = doc(1, "Decode N candidates per row (seeds seed..seed+N-1, or the candidate samplers) and "
-                             "keep the one whose re-encoded vector is closest to the condition (loads the encoder).")
-    candidate_samplers: list[str] = doc([], "Samplers of the candidates, used in turn (default: sampler for all).")
-    metrics: list[str] = doc([], "Metrics to report; none = the task's defaults (see README).")
-    sweep: list[str] = doc([], "KEY=V1,V2,...: evaluate once per value (several: every combination), e.g. "
-                               "steps=4,8,16,32 or sampler=maskgit_plus,threshold.")
-    trajectories: int = doc(3, "Rows whose denoising trajectory (which token was committed at which step) "
-                               "goes into the report.")
-    max_samples: int | None = doc(None, "Decode at most N rows of the split (windows of an MTP cache).")
-    max_tokens: int | None = doc(None, "Sentences: score only the rows of at most N tokens (special tokens "
-                                 "included) among those read; the decoder still generates max_len tokens.")
-    given: int | None = doc(None, "MTP head: the first N tokens of each block are given, not drafted (1 = the "
-                            "base model's own next token, which its LM head computes in the pass that made "
-                            "h_l); position_accuracy and acceptance_length score the drafted positions. "
-                            "null = as the run was trained (0 unless it set given).")
-    length: str | None = doc(None, "Sentences: positions decoded per row. max = the model's max_len (it writes the "
-                             "end token and padding itself); predicted = the length head's most likely length; "
-                             "oracle = the reference's length; beam:N = the N most likely lengths decoded, the best "
-                             "kept by the model's mean log-probability (by the encoder's cosine when it is loaded). "
-                             "null = predicted when the model has a length head, else max.")
-    refine: str | None = doc(None, "encoder: after decoding, improve each output with the frozen encoder as judge "
-                             "(remask the least confident tokens, re-decode several candidates, keep one only "
-                             "if it raises the cosine to the condition; loads the encoder). null = off.")
-    refine_steps: int = doc(3, "Refinement rounds with --refine encoder (metrics are reported after each).")
-    refine_candidates: int = doc(8, "Candidates per row and refinement round: candidate c remasks a growing "
-                                    "number of the least confident tokens (up to half of them).")
-    refine_temperature: float = doc(0.7, "Sampling temperature of the re-decoded tokens in refinement (0 = greedy; "
-                                         "the seed makes it reproducible).")
-    batch_size: int = doc(128, "Sequences decoded together.")
-    precision: str = doc("auto", "auto, fp32, bf16, fp16.")
-    device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
-    seed: int = doc(0, "Seed for sampling.")
-    out: str | None = doc(None, "Report directory; default <run>/eval-<split>.")
-
-    def problems(self) -> list[str]:
-        """Every problem of this config, one short sentence each."""
-        p: list[str] = []
-        from sgdd.decoding.samplers import SAMPLERS, Sampling
-        from sgdd.decoding.sweep import sweep_problems
-        from sgdd.metrics import METRICS
-
-        p += Sampling.of(self).problems()
-        if self.checkpoint not in ("best", "last"):
-            p.append(f"checkpoint must be best or last, got {self.checkpoint!r}")
-        for m in self.metrics:
-            if m not in METRICS:
-                p.append(f"metric {m!r} unknown (valid: {', '.join(METRICS)})")
-        if self.candidates < 1:
-            p.append(f"candidates must be at least 1, got {self.candidates}")
-        unknown = [s for s in self.candidate_samplers if s not in SAMPLERS]
-        for name in unknown:
-            p.append(f"candidate sampler {name!r} unknown (valid: {', '.join(SAMPLERS)})")
-        used = {self.candidate_samplers[k % len(self.candidate_samplers)] for k in range(self.candidates)} \
-            if self.candidate_samplers else {self.sampler}
-        if self.candidates > 1 and not unknown and len(used) == 1 and self.sampler in SAMPLERS \
-                and Sampling.of(dataclasses.replace(self, sampler=used.pop())).deterministic:
-            p.append(f"candidates={self.candidates} would decode identical candidates: set temperature > 0, "
-                     "alg_temp > 0, sampler random, or several candidate samplers")
-        if self.trajectories < 0:
-            p.append(f"trajectories must be >= 0, got {self.trajectories}")
-        p += sweep_problems(self)
-        if self.batch_size < 1:
-            p.append(f"batch_size must be positive, got {self.batch_size}")
-        if self.max_samples is not None and self.max_samples < 1:
-            p.append(f"max_samples must be positive, got {self.max_samples}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            p.append(f"max_tokens must be positive, got {self.max_tokens}")
-        if self.given is not None and self.given < 0:
-            p.append(f"given must be >= 0, got {self.given}")
-        from sgdd.decoding.lengths import length_problems
-
-        p += length_problems(self.length)
-        if self.refine not in (None, "encoder"):
-            p.append(f"refine {self.refine!r} unknown (valid: encoder, or null for none)")
-        if self.refine_steps < 1:
-            p.append(f"refine_steps must be at least 1, got {self.refine_steps}")
-        if self.refine_candidates < 1:
-            p.append(f"refine_candidates must be at least 1, got {self.refine_candidates}")
-        if self.refine_temperature < 0:
-            p.append(f"refine_temperature must be >= 0, got {self.refine_temperature}")
-        if self.precision not in PRECISIONS:
-            p.append(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         return p
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from sgdd.decoding.sweep import label
+from sgdd.reporting.labels import label
 from sgdd.decoding.trajectory import TokenTrajectory
 
 CHARS_PER_LINE = 72  # wrap long sequences in the trajectory picture

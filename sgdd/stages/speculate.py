@@ -14,6 +14,8 @@ difference). Writes into ``--out``:
 - ``report.md``    the same as a table, with ``acceptance.png`` (matplotlib, if installed)
 - ``samples.jsonl`` one line per prompt: prompt, continuation, tokens per pass
 - ``speculate-config.yaml`` the resolved config
+
+The module holds the command's config (``SpeculateConfig``) and its entry ``run``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import dataclasses
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -32,14 +35,38 @@ from sgdd.cache.format import write_json_atomic
 from sgdd.cache.reader import Cache, open_cache
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.speculate import BaseLM, Generation, HeadDrafter, greedy, speculate
-from sgdd.config import save_yaml
+from sgdd.config import doc, save_yaml
 from sgdd.errors import SgddError
 from sgdd.runtime import default_threads, pick_device, pick_precision, seed_everything
-from sgdd.pipeline.speculate_config import SpeculateConfig
-from sgdd.stages.evaluate import checkpoint_dir, latest_run, load_checkpoint
+from sgdd.stages.evaluate.resolve import checkpoint_dir, latest_run, load_checkpoint
 
 FINGERPRINT_KEYS = ("weights_sha256", "tokenizer_sha256", "model_type")
 PROMPT_FIELDS = ("prompt", "text")  # a jsonl prompt file: the first of these fields a line has
+
+
+# --------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SpeculateConfig:
+    """`sgdd speculate`: the MTP run, the prompts, how the head drafts, where the report goes."""
+
+    run: str | None = doc(None, "MTP run directory (a next_block run); default the newest run under runs/.")
+    checkpoint: str = doc("best", "Checkpoint of the run: best or last.")
+    prompts: str | None = doc(None, "Prompt file: .txt (one prompt a line) or .jsonl (field 'prompt' or 'text').")
+    max_prompts: int | None = doc(None, "Use only the first N prompts.")
+    prompt_tokens: int = doc(256, "Keep the first N tokens of each prompt.")
+    max_new_tokens: int = doc(128, "Tokens generated per prompt (fewer when the end token comes).")
+    draft_passes: int = doc(1, "Denoising passes of the head per draft (1 = every drafted position at once).")
+    sampler: str = doc("maskgit_plus", "Sampler of the draft (sgdd.decoding.samplers.SAMPLERS).")
+    schedule: str = doc("cosine", "Unmasking schedule of the draft passes.")
+    tau: float = doc(0.9, "threshold sampler: commit every position whose probability reaches tau.")
+    model: str | None = doc(None, "The base model, when it is no longer where the cache's collect found it "
+                            "(its weights and tokenizer must still match the cache's fingerprints).")
+    out: str | None = doc(None, "Output directory; default <run>/speculate.")
+    device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
+    precision: str = doc("fp32", "Compute precision of both loops: fp32, bf16, fp16 (auto: bf16 on CPU).")
+    seed: int = doc(0, "Seed of the drafter's generator (random samplers).")
 
 
 # --------------------------------------------------------------------------------------------

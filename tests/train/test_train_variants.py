@@ -232,7 +232,7 @@ def test_block_tail_ignore_scores_only_real_labels(windows_cache, tmp_path, monk
 
 
 def test_mtp_head_with_the_first_token_given(windows_cache, tmp_path, monkeypatch):
-    from sgdd.pipeline.config import EvalConfig
+    from sgdd.stages.evaluate.config import EvalConfig
     from sgdd.stages import evaluate as evaluate_mod
 
     givens, real = [], step_mod.masked_diffusion_loss

@@ -80,8 +80,3 @@ def expand_sweep(cfg: Any) -> list[tuple[dict[str, Any], Any]]:
             label = ", ".join(f"{k}={v}" for k, v in changes.items())
             raise SgddError(f"sweep setting {label}: {e}") from None
     return out
-
-
-def label(changes: dict[str, Any]) -> str:
-    """A short name of a setting: ``steps=8 sampler=llada`` (``default`` without changes)."""
-    return " ".join(f"{k}={v}" for k, v in changes.items()) or "default"

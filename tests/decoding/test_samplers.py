@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from sgdd.decoding.maskgit import UNMASK_SCHEDULES, decode, share_steps
+from sgdd.decoding.maskgit import decode
+from sgdd.decoding.schedules import UNMASK_SCHEDULES, share_steps
 from sgdd.decoding.samplers import (CONFIDENCES, SAMPLERS, Sampling, choose_tokens, filter_logits, get_confidence,
                                     get_sampler, rank_scores, sample_categorical)
 from sgdd.models.decoder import Decoder
@@ -258,6 +259,26 @@ def tiny_decoder() -> Decoder:
     return Decoder(cfg, vocab_size=30, cond_dim=6, embed_dim=16, mask_id=MASK).eval()
 
 
+class RecomputedCondition(torch.nn.Module):
+    """The decoder with nothing computed ahead: its "condition" only carries z (and the CFG drop
+    flags), and every forward pass recomputes the condition from them (the reference the
+    decoder's precomputed keys/values must match)."""
+
+    def __init__(self, model: Decoder):
+        super().__init__()
+        self.inner, self.cfg, self.mask_id, self.passes = model, model.cfg, model.mask_id, 0
+
+    def condition(self, z, drop=None):
+        return {"z": z, "drop": drop}  # per-row tensors: decode selects the rows still open
+
+    def forward(self, x, t, kv):
+        self.passes += 1
+        return self.inner(x, t, z=kv["z"], drop=kv["drop"])
+
+    def logits(self, hidden):
+        return self.inner.logits(hidden)
+
+
 @pytest.mark.parametrize("options", [{}, {"cfg_scale": 1.5}, {"sampler": "threshold", "tau": 0.1},
                                      {"sampler": "llada", "block_length": 4, "temperature": 0.8},
                                      {"sampler": "random", "cfg_scale": 0.5, "alg_temp": 0.3}])
@@ -267,15 +288,16 @@ def test_cached_condition_gives_the_same_tokens_as_the_uncached_one(options, mon
     original = model.condition
     monkeypatch.setattr(model, "condition", lambda z, drop=None: calls.append(z.shape[0]) or original(z, drop))
 
-    def run(cached):
-        calls.clear()
-        ids, traj = decode(model, z, 6, generator=torch.Generator().manual_seed(7), cache_condition=cached,
-                           return_trajectory=True, **options)
-        return ids, traj.forward_passes, list(calls)
+    def run(m):
+        ids, traj = decode(m, z, 6, generator=torch.Generator().manual_seed(7), return_trajectory=True, **options)
+        return ids, traj.forward_passes
 
-    cached, uncached = run(True), run(False)
+    cached = run(model)
+    assert len(calls) == 1  # the condition is computed once per sequence
+    reference = RecomputedCondition(model)
+    uncached = run(reference)
     assert torch.equal(cached[0], uncached[0]) and cached[1] == uncached[1]
-    assert len(cached[2]) == 1 and len(uncached[2]) == uncached[1]  # once per sequence vs once per forward
+    assert reference.passes == uncached[1] and len(calls) == 1 + reference.passes  # recomputed at every forward
 
 
 # -- settings and their errors ---------------------------------------------------------------

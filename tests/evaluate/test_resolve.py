@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sgdd.stages.evaluate import training_noise, validation_accuracy
+from sgdd.stages.evaluate.resolve import training_noise, validation_accuracy
 
 
 def test_the_schedule_comes_from_the_checkpoint_then_config_yaml_then_linear(tmp_path):

@@ -16,7 +16,7 @@ from sgdd.models.diffusion import get_schedule
 from sgdd.runtime import pick_precision
 from sgdd.stages import evaluate
 from tests.helpers_eval import collect_tiny
-from tests.test_evaluate import eval_cfg, make_run, read_report
+from tests.evaluate.test_evaluate import eval_cfg, make_run, read_report
 
 CPU = torch.device("cpu")
 
@@ -37,7 +37,7 @@ def test_remask_takes_the_least_confident_content_tokens():
 
 
 def _refine(model, encoder, tokenizer, special, z, ids, seed):
-    from sgdd.stages.evaluate import to_texts
+    from sgdd.stages.evaluate.data import to_texts
 
     def encode(x):
         return encoder.encode(to_texts(x, "sentences", tokenizer, special))
@@ -49,7 +49,7 @@ def _refine(model, encoder, tokenizer, special, z, ids, seed):
 
 def test_refinement_never_lowers_the_cosine_and_is_reproducible(tmp_path, collected):
     from sgdd.decoding.maskgit import decode
-    from sgdd.stages.evaluate import to_texts
+    from sgdd.stages.evaluate.data import to_texts
 
     cache = open_cache(collected)
     run_dir = make_run(tmp_path / "run", collected)

@@ -24,11 +24,13 @@ from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.trajectory import render_text, trajectory_of
 from sgdd.models.checkpoint import MODEL_META
 from sgdd.models.portable import RunAssets, find_assets
-from sgdd.pipeline.config import EvalConfig
 from sgdd.errors import SgddError
 from sgdd.runtime import default_threads, pick_device, pick_precision
-from sgdd.stages.evaluate import (SPECIAL_KEYS, EvalData, candidate_sampling, check_encoder_fit, checkpoint_dir,
-                                  decode_lengths, decode_rows, latest_run, load_checkpoint, to_texts, training_noise)
+from sgdd.stages.evaluate.config import EvalConfig
+from sgdd.stages.evaluate.data import EvalData, to_texts
+from sgdd.stages.evaluate.batches import candidate_sampling, decode_lengths, decode_rows
+from sgdd.stages.evaluate.resolve import (SPECIAL_KEYS, check_encoder_fit, checkpoint_dir, latest_run,
+                                          load_checkpoint, training_noise)
 
 
 def vector_split(cache: Cache) -> str | None:

@@ -2,10 +2,11 @@
 
 import torch
 
-from sgdd.decoding.sweep import expand_sweep, label, parse_sweep
+from sgdd.reporting.labels import label
+from sgdd.stages.evaluate.sweep import expand_sweep, parse_sweep
 from sgdd.decoding.trajectory import TokenTrajectory, render_text, trajectory_of
 from sgdd.config import from_dict
-from sgdd.pipeline.config import EvalConfig
+from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.reporting import markdown, plots, quality_vs_speed, quality_vs_steps, trajectory_figure, write_markdown
 from tests.helpers import build_tokenizer
 

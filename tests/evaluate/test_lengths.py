@@ -9,14 +9,17 @@ from sgdd.cache import open_cache
 from sgdd.cache.views import sentence_view
 from sgdd.decoding.lengths import LengthRule, parse_length, resolve_length, top_lengths
 from sgdd.decoding.maskgit import Trajectory
+from sgdd.decoding.samplers import Sampling
 from sgdd.config import from_dict
-from sgdd.pipeline.config import EvalConfig
+from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.errors import SgddError
 from sgdd.stages import evaluate
-from sgdd.stages.evaluate import EvalData, decode_rows
+from sgdd.stages.evaluate import batches, stage
+from sgdd.stages.evaluate.batches import decode_rows
+from sgdd.stages.evaluate.data import EvalData
 from sgdd.runtime import pick_precision
 from tests.helpers_eval import MASK, V, TableModel, perfect_tables
-from tests.test_evaluate import MAX_LEN, eval_cfg, make_run, read_report
+from tests.evaluate.test_evaluate import MAX_LEN, eval_cfg, make_run, read_report
 
 L, PAD, BOS, EOS = 12, 1, 0, 2
 
@@ -73,7 +76,7 @@ def setup(ref: torch.Tensor, best: list[list[int]], pad_beyond: bool = True):
 
 def run_rows(model, data, lengths, judge=None):
     cpu = torch.device("cpu")
-    return decode_rows(model, data, evaluate.Sampling(steps=L), 0, 2, cpu, pick_precision("fp32", cpu), keep=3,
+    return decode_rows(model, data, Sampling(steps=L), 0, 2, cpu, pick_precision("fp32", cpu), keep=3,
                        lengths=lengths, pad_id=PAD, judge=judge)
 
 
@@ -156,7 +159,7 @@ def lookup_by_length(answers: dict, calls: list):
 def lookup(tiny_cache, monkeypatch):
     view = sentence_view(open_cache(tiny_cache).split("validation"), MAX_LEN, pad_id=1)
     calls: list = []
-    monkeypatch.setattr(evaluate, "decode", lookup_by_length(dict(zip(map(tuple, view.vectors.tolist()), view.ids)),
+    monkeypatch.setattr(batches, "decode", lookup_by_length(dict(zip(map(tuple, view.vectors.tolist()), view.ids)),
                                                              calls))
     return view, calls
 
@@ -178,7 +181,7 @@ def test_predicted_length_through_eval_with_a_length_head(tmp_path, tiny_cache, 
     view, calls = lookup
     ref_len = (view.ids != 1).sum(1)
     known = {tuple(v.tolist()): int(n) for v, n in zip(view.vectors, ref_len)}
-    real_load = evaluate.load_checkpoint
+    real_load = stage.load_checkpoint
 
     def with_head(ckpt, device):  # the decoder gets a length head that is right for every row but the first
         model, meta = real_load(ckpt, device)
@@ -192,7 +195,7 @@ def test_predicted_length_through_eval_with_a_length_head(tmp_path, tiny_cache, 
         model.length_logits = length_logits
         return model, meta
 
-    monkeypatch.setattr(evaluate, "load_checkpoint", with_head)
+    monkeypatch.setattr(stage, "load_checkpoint", with_head)
     report = read_report(evaluate.run(eval_cfg(make_run(tmp_path / "run", tiny_cache), split="validation",
                                                metrics=["exact_match"])))  # null: predicted, the model has a head
     r = report["results"][0]

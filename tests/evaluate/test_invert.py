@@ -12,12 +12,12 @@ from sgdd.cache.views import sentence_view
 from sgdd.cli import cli
 from sgdd.decoding.rerank import ReEncoder
 from sgdd.config import from_dict
-from sgdd.pipeline.config import EvalConfig
+from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.runtime import pick_precision
-from sgdd.stages import evaluate, invert
+from sgdd.stages.evaluate import batches, invert
 from tests.helpers import SENTENCES
 from tests.helpers_eval import collect_tiny, nearest_decoder
-from tests.test_evaluate import make_run
+from tests.evaluate.test_evaluate import make_run
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_cli_prints_reconstruction_and_trajectory(tmp_path, collected):
 def test_a_perfect_decoder_inverts_exactly(tmp_path, collected, monkeypatch):
     cache = open_cache(collected)
     view = sentence_view(cache.split("train"), 16, cache.encoder_info["pad_id"])
-    monkeypatch.setattr(evaluate, "decode", nearest_decoder(view.vectors, view.ids))
+    monkeypatch.setattr(batches, "decode", nearest_decoder(view.vectors, view.ids))
     results = invert.run(invert_cfg(make_run(tmp_path / "run", collected)), [SENTENCES[3], SENTENCES[7]])
     assert [r["output"] for r in results] == [SENTENCES[3], SENTENCES[7]]
     assert all(r["cosine"] == pytest.approx(1.0, abs=1e-4) for r in results)

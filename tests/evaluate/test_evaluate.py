@@ -19,10 +19,11 @@ from sgdd.models.checkpoint import model_meta, save_model
 from sgdd.models.decoder import Decoder
 from sgdd.config import from_dict, load_yaml
 from sgdd.models.decoder import DecoderConfig
-from sgdd.pipeline.config import EvalConfig
+from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.errors import SgddError
 from sgdd.runtime import pick_precision
 from sgdd.stages import evaluate
+from sgdd.stages.evaluate import batches, resolve
 from tests.helpers import SENTENCES, build_cache
 from tests.helpers_eval import build_pair_cache, build_window_cache, collect_tiny, nearest_decoder
 
@@ -116,7 +117,7 @@ def test_end_to_end_writes_report_samples_trajectories_and_config(tmp_path, tiny
 def test_perfect_decoder_scores_100_in_row_order(tmp_path, tiny_cache, monkeypatch):
     run_dir = make_run(tmp_path / "run", tiny_cache)
     view = sentence_view(open_cache(tiny_cache).split("validation"), MAX_LEN, pad_id=1)
-    monkeypatch.setattr(evaluate, "decode", lookup_decoder(dict(zip(map(tuple, view.vectors.tolist()), view.ids))))
+    monkeypatch.setattr(batches, "decode", lookup_decoder(dict(zip(map(tuple, view.vectors.tolist()), view.ids))))
     out = evaluate.run(eval_cfg(run_dir, split="validation", out=str(tmp_path / "report"),
                                 metrics=["bleu", "exact_match", "token_accuracy", "distinct_1"]))
     assert out == tmp_path / "report"
@@ -178,7 +179,7 @@ def test_latest_run_is_the_one_trained_last(tmp_path, tiny_cache, monkeypatch):
     for run_dir, stamp in ((old, 2_000_000_000), (new, 1_000_000_000)):
         for f in run_dir.glob("checkpoints/*/model.safetensors"):
             os.utime(f, (stamp, stamp))
-    assert evaluate.latest_run(root) == old
+    assert resolve.latest_run(root) == old
     monkeypatch.chdir(tmp_path)
     # the defaults (auto precision: what this CPU is measured to run faster) with guidance and sampling
     out = evaluate.run(eval_cfg(None, metrics=["exact_match"], max_samples=2, precision="auto",
@@ -199,7 +200,7 @@ def collected(tmp_path_factory, tiny_encoder_dir) -> Path:
 def test_encoder_cosine_of_a_perfect_decoder_is_100(tmp_path, collected, monkeypatch):
     split = open_cache(collected).split("train")
     view = sentence_view(split, MAX_LEN, pad_id=open_cache(collected).encoder_info["pad_id"])
-    monkeypatch.setattr(evaluate, "decode", nearest_decoder(view.vectors, view.ids))
+    monkeypatch.setattr(batches, "decode", nearest_decoder(view.vectors, view.ids))
     report = read_report(evaluate.run(eval_cfg(make_run(tmp_path / "run", collected), split="train", max_samples=6,
                                                metrics=["exact_match", "encoder_cosine"])))
     assert report["metrics"]["exact_match"] == 100.0
@@ -246,7 +247,7 @@ def test_paraphrase_metrics_of_a_perfect_decoder(tmp_path, monkeypatch):
     run_dir = make_run(tmp_path / "run", cache)
     split = open_cache(cache).split("test")
     view = sentence_view(split, MAX_LEN, pad_id=1)
-    monkeypatch.setattr(evaluate, "decode", lookup_decoder(dict(zip(map(tuple, view.vectors.tolist()), view.ids))))
+    monkeypatch.setattr(batches, "decode", lookup_decoder(dict(zip(map(tuple, view.vectors.tolist()), view.ids))))
     out = evaluate.run(eval_cfg(run_dir))
     report = read_report(out)
     targets, sources = [p[1] for p in PAIRS], [p[0] for p in PAIRS]
@@ -305,7 +306,7 @@ def window_answers(cache: Path, outputs: list[list[int]]) -> dict:
                                                           (0, [0, 100, 100, 100], 0)])
 def test_mtp_position_accuracy_and_acceptance_length(tmp_path, window_cache, monkeypatch, wrong_at, accuracy, accepted):
     cache, outputs = window_cache
-    monkeypatch.setattr(evaluate, "decode", lookup_decoder(window_answers(cache, outputs), wrong_at))
+    monkeypatch.setattr(batches, "decode", lookup_decoder(window_answers(cache, outputs), wrong_at))
     report = read_report(evaluate.run(eval_cfg(mtp_run(tmp_path, cache))))
     m = report["metrics"]
     assert report["task"] == "mtp" and report["n"] == 8 and report["unit"] == "windows"
@@ -324,7 +325,7 @@ def test_mtp_with_the_first_token_given(tmp_path, window_cache, monkeypatch):
         calls.append(len(z))
         return ids, traj
 
-    monkeypatch.setattr(evaluate, "decode", decode_given)
+    monkeypatch.setattr(batches, "decode", decode_given)
     report = read_report(evaluate.run(eval_cfg(mtp_run(tmp_path, cache), given=1)))
     m = report["metrics"]
     assert sum(calls) == report["n"] == 8
@@ -353,7 +354,7 @@ def test_mtp_head_decodes_its_block_end_to_end(tmp_path, window_cache):
 # -- run resolution and bad input ------------------------------------------------------------
 def test_no_run_at_all(tmp_path):
     with pytest.raises(SgddError, match="no trained run under"):
-        evaluate.latest_run(tmp_path / "runs")
+        resolve.latest_run(tmp_path / "runs")
 
 
 def test_run_without_checkpoint(tmp_path, tiny_cache):

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sgdd.decoding.maskgit import UNMASK_SCHEDULES, _guide, decode, tokens_to_text, unmask_plan
+from sgdd.decoding.maskgit import _guide, decode, tokens_to_text
+from sgdd.decoding.schedules import UNMASK_SCHEDULES, unmask_plan
 from sgdd.models.decoder import Decoder
 from sgdd.models.decoder import DecoderConfig
 from sgdd.errors import SgddError
