@@ -29,11 +29,10 @@ from typing import Any, Sequence
 
 import torch
 
-from sgdd.models.checkpoint import EMA_FILE, MODEL_FILE, MODEL_META, save_model
+from sgdd.models.checkpoint import CHECKPOINT_NAMES, CHECKPOINTS, EMA_FILE, MODEL_FILE, MODEL_META, checkpoint_dir, save_model
 from sgdd.models.portable import ASSETS_DIR, RunAssets, find_assets
 from sgdd.errors import SgddError
 
-CHECKPOINTS = ("best", "last")
 CARD = "README.md"
 CONFIG = "config.yaml"
 REPORT = "report.json"
@@ -46,16 +45,16 @@ def _resolve(path_or_id: str | Path, checkpoint: str | None, revision: str | Non
     if not p.exists():
         p = _download(str(path_or_id), revision)
     if (p / MODEL_META).is_file():
-        if checkpoint is not None and p.parent.name == "checkpoints":
+        if checkpoint is not None and p.parent.name == CHECKPOINTS:
             p = p.parent / checkpoint
-        root = p.parent.parent if p.parent.name == "checkpoints" else p
+        root = p.parent.parent if p.parent.name == CHECKPOINTS else p
         return p, root
-    names = [checkpoint] if checkpoint else list(CHECKPOINTS)
+    names = [checkpoint] if checkpoint else list(CHECKPOINT_NAMES)
     for name in names:
-        ckpt = p / "checkpoints" / name
+        ckpt = checkpoint_dir(p, name)
         if (ckpt / MODEL_FILE).is_file():
             return ckpt, p
-    raise SgddError(f"{p} holds no checkpoint (expected {MODEL_META} or checkpoints/{'|'.join(names)}/)")
+    raise SgddError(f"{p} holds no checkpoint (expected {MODEL_META} or {CHECKPOINTS}/{'|'.join(names)}/)")
 
 
 def _download(repo_id: str, revision: str | None) -> Path:

@@ -45,6 +45,7 @@ FILES_KEY = "files"  # model.json: safetensors file name -> sha256
 TRAINER_STATE = "trainer.pt"
 CHECKPOINTS = "checkpoints"  # the folder of a run that holds its checkpoints
 BEST, LAST = "best", "last"  # lowest validation loss so far; the latest save (with trainer state)
+CHECKPOINT_NAMES = (BEST, LAST)  # the order in which a run's checkpoints are preferred
 
 
 def checkpoint_dir(run_dir: str | Path, which: str) -> Path:

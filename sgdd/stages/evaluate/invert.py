@@ -29,7 +29,7 @@ from sgdd.runtime import default_threads, pick_device, pick_precision
 from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.stages.evaluate.data import EvalData, to_texts
 from sgdd.stages.evaluate.batches import candidate_sampling, decode_lengths, decode_rows
-from sgdd.stages.evaluate.resolve import (SPECIAL_KEYS, check_encoder_fit, checkpoint_dir, latest_run,
+from sgdd.stages.evaluate.resolve import (SPECIAL_KEYS, check_encoder_fit, existing_checkpoint, latest_run,
                                           load_checkpoint, training_noise)
 
 
@@ -57,7 +57,7 @@ def load_for_invert(run_dir: Path, checkpoint: str, shards: str | None, device: 
     """The run's decoder, its meta and its encoder files; refuses an MTP head, encoder files that
     do not fit the model, or a cache of another encoder than the run's (unless ``allow_foreign``).
     ``run_dir`` may also be a saved run (``sgdd export``)."""
-    ckpt = run_dir if (run_dir / MODEL_META).is_file() else checkpoint_dir(run_dir, checkpoint)
+    ckpt = run_dir if (run_dir / MODEL_META).is_file() else existing_checkpoint(run_dir, checkpoint)
     model, meta = load_checkpoint(ckpt, device)
     assets = checked_assets(model, meta, find_assets([ckpt, run_dir], meta, shards), run_dir)
     if assets.cache_dir is not None:  # read from a cache: it must hold the run's encoder

@@ -12,17 +12,16 @@ import yaml
 from sgdd.cache.reader import Cache, CacheSplit
 from sgdd.cache.views import cache_kind
 from sgdd.errors import SgddError
-from sgdd.models.checkpoint import MODEL_FILE, load_model
+from sgdd.models.checkpoint import CHECKPOINT_NAMES, MODEL_FILE, checkpoint_dir, load_model
 from sgdd.models.diffusion import Schedule, get_schedule
 
 RUNS_DIR = Path("runs")
-CHECKPOINTS = ("best", "last")
 SPECIAL_KEYS = ("pad_id", "mask_id", "bos_id", "eos_id")
 
 
 def checkpoints_of(run_dir: Path) -> list[str]:
     """Names of the checkpoints (best, last) present in a run directory."""
-    return [name for name in CHECKPOINTS if (run_dir / "checkpoints" / name / MODEL_FILE).is_file()]
+    return [name for name in CHECKPOINT_NAMES if (checkpoint_dir(run_dir, name) / MODEL_FILE).is_file()]
 
 
 def latest_run(root: Path = RUNS_DIR) -> Path:
@@ -32,12 +31,13 @@ def latest_run(root: Path = RUNS_DIR) -> Path:
         raise SgddError(f"no trained run under {root}/ (train one with `sgdd train`, or pass --run)")
 
     def newest(d: Path) -> float:
-        return max((d / "checkpoints" / name / MODEL_FILE).stat().st_mtime for name in checkpoints_of(d))
+        return max((checkpoint_dir(d, name) / MODEL_FILE).stat().st_mtime for name in checkpoints_of(d))
 
     return max(runs, key=newest)
 
 
-def checkpoint_dir(run_dir: Path, name: str) -> Path:
+def existing_checkpoint(run_dir: Path, name: str) -> Path:
+    """The directory of checkpoint ``name`` of a trained run; one line when it is missing."""
     if not run_dir.is_dir():
         raise SgddError(f"run directory {run_dir} does not exist")
     present = checkpoints_of(run_dir)
@@ -45,7 +45,7 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
         raise SgddError(f"run directory {run_dir} has no checkpoint (train it first with `sgdd train`)")
     if name not in present:
         raise SgddError(f"run directory {run_dir} has no {name!r} checkpoint (has: {', '.join(present)})")
-    return run_dir / "checkpoints" / name
+    return checkpoint_dir(run_dir, name)
 
 
 def default_split(cache: Cache) -> str:

@@ -21,7 +21,7 @@ from sgdd.runtime import default_threads, pick_device, pick_precision, seed_ever
 from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.stages.evaluate.data import TASKS, load_eval_data
 from sgdd.stages.evaluate.report import print_table, write_report_files
-from sgdd.stages.evaluate.resolve import (SPECIAL_KEYS, check_fit, checkpoint_dir, default_split, latest_run,
+from sgdd.stages.evaluate.resolve import (SPECIAL_KEYS, check_fit, default_split, existing_checkpoint, latest_run,
                                           load_checkpoint, training_noise, validation_accuracy)
 from sgdd.stages.evaluate.score import copy_source_floor, evaluate_setting, metrics_for
 from sgdd.stages.evaluate.sweep import expand_sweep
@@ -32,7 +32,7 @@ def run(cfg: EvalConfig) -> Path:
     default_threads()
     grid = expand_sweep(cfg)  # every setting checked before anything is loaded
     run_dir = Path(cfg.run) if cfg.run else latest_run()
-    ckpt = checkpoint_dir(run_dir, cfg.checkpoint)
+    ckpt = existing_checkpoint(run_dir, cfg.checkpoint)
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
     model, meta = load_checkpoint(ckpt, device)
