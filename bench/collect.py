@@ -49,7 +49,7 @@ def _mean_pool(model, ids, attn):
 
 def m_sgdd(args: dict) -> dict:
     from sgdd.cache import open_cache
-    from sgdd.pipeline.config import CollectConfig
+    from sgdd.stages.collect.config import CollectConfig
     from sgdd.stages import collect
 
     cfg = CollectConfig(model=args["model"], dataset=args["corpus"], out=args["out"], dtype="fp16",

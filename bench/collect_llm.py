@@ -29,7 +29,7 @@ def m_sgdd(args: dict) -> dict:
     import torch
 
     from sgdd.cache import open_cache
-    from sgdd.pipeline.config import CollectConfig
+    from sgdd.stages.collect.config import CollectConfig
     from sgdd.stages import collect
 
     cfg = CollectConfig(model=args["model"], dataset=args["corpus"], out=args["out"], dtype="fp16",

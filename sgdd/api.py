@@ -282,7 +282,7 @@ def _config(cls: type, cfg: Any, fields: dict) -> Any:
 
 def collect(cfg: Any = None, **fields) -> Path:
     """Stage 1 (``sgdd collect``): encode a corpus into a cache; returns the cache directory."""
-    from sgdd.pipeline.config import CollectConfig
+    from sgdd.stages.collect.config import CollectConfig
     from sgdd.stages import collect as stage
 
     return stage.run(_config(CollectConfig, cfg, fields))

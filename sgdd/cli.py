@@ -17,7 +17,8 @@ from typing import Any, Callable
 import click
 
 from sgdd.config import apply_overrides, load_yaml, parse_set
-from sgdd.pipeline.config import CollectConfig, EvalConfig, RunConfig, TrainConfig
+from sgdd.pipeline.config import EvalConfig, RunConfig, TrainConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
 from sgdd.pipeline.speculate_config import SpeculateConfig
 

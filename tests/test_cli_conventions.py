@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from sgdd.cli import CHOICES, cli
-from sgdd.pipeline.config import CollectConfig, EvalConfig, TrainConfig
+from sgdd.pipeline.config import EvalConfig, TrainConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.log import progress, quiet_transformers, setup
 
 

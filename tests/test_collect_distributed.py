@@ -12,7 +12,7 @@ import torch
 
 from sgdd.cache import open_cache
 from sgdd.cache.writer import ShardBuilder
-from sgdd.pipeline.config import CollectConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.stages import collect
 from tests.helpers import SENTENCES
 from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir

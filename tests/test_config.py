@@ -3,7 +3,8 @@
 import pytest
 
 from sgdd.config import apply_overrides, from_dict, load_yaml, parse_set, save_yaml
-from sgdd.pipeline.config import CollectConfig, EvalConfig, RunConfig, TrainConfig
+from sgdd.pipeline.config import EvalConfig, RunConfig, TrainConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Iterator
 
 from sgdd.errors import SgddError
-from sgdd.sources import Record, Source, count
+from sgdd.offline import hub_reachable
+from sgdd.stages.collect.sources.base import Record, Source, count
 from sgdd.cache.format import file_sha256
-from sgdd.sources.text import article_lines, article_sentences
+from sgdd.stages.collect.sources.text import article_lines, article_sentences
 
 WIKI_HUB = ("wikimedia/wikipedia", "20231101.en")
 WIKI_SPLITS = ("train", "validation", "test")
@@ -50,8 +51,6 @@ def wiki_source(data_dir: str | None) -> Source:
         fingerprint = {"kind": "wiki-parquet", "files": {s: file_sha256(root / f"{s}.parquet") for s in splits}}
         articles = lambda split: _articles_local(root, split)  # noqa: E731
     else:
-        from sgdd.offline import hub_reachable
-
         if not hub_reachable():
             raise SgddError(f"cannot reach the Hugging Face Hub to stream {WIKI_HUB[0]}; pass --data-dir DIR "
                             "holding {train,validation,test}.parquet (for example ../shared/data/wiki)")

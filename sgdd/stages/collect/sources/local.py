@@ -12,8 +12,8 @@ from typing import Iterator
 
 from sgdd.cache.format import file_sha256
 from sgdd.errors import SgddError
-from sgdd.sources import LOCAL_SUFFIXES, Record, Source, count
-from sgdd.sources.text import article_lines, clean_text
+from sgdd.stages.collect.sources.base import LOCAL_SUFFIXES, Record, Source, count
+from sgdd.stages.collect.sources.text import article_lines, clean_text
 
 
 def as_text(value, stats: dict) -> str | None:
