@@ -30,7 +30,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sgdd.cache.format import file_sha256
+from sgdd.io import file_sha256
 from sgdd.models.body import BodyDecoder
 from sgdd.models.decoder import Decoder
 from sgdd.config import from_dict

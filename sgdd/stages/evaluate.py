@@ -39,7 +39,7 @@ import click
 import torch
 import yaml
 
-from sgdd.cache.format import write_json_atomic
+from sgdd.io import write_json_atomic
 from sgdd.cache.identity import check_identity, encoder_identity
 from sgdd.cache.reader import Cache, CacheSplit, open_cache
 from sgdd.cache.views import cache_kind, next_block_view, sentence_view

@@ -26,6 +26,7 @@ from sgdd.models.checkpoint import MODEL_META
 from sgdd.models.portable import RunAssets, find_assets
 from sgdd.pipeline.config import EvalConfig
 from sgdd.errors import SgddError
+from sgdd.io import write_json_atomic
 from sgdd.runtime import default_threads, pick_device, pick_precision
 from sgdd.stages.evaluate import (SPECIAL_KEYS, EvalData, candidate_sampling, check_encoder_fit, checkpoint_dir,
                                   decode_lengths, decode_rows, latest_run, load_checkpoint, to_texts, training_noise)
@@ -186,6 +187,6 @@ def write(out: Path, results: list[dict], sampling: dict, run_dir: str) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     rows = [{k: v for k, v in r.items() if k != "_traj"} for r in results]
-    fmt.write_json_atomic(out / "invert.json", {"run": run_dir, "sampling": sampling, "results": rows})
+    write_json_atomic(out / "invert.json", {"run": run_dir, "sampling": sampling, "results": rows})
     (out / "trajectories.txt").write_text("\n\n".join(f"{r['text']}\n{r['trajectory']}" for r in results) + "\n")
     trajectory_figure([(f"input: {r['text']}"[:110], r["_traj"]) for r in results], out / "trajectory.png")

@@ -44,7 +44,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from sgdd.cache import format as fmt
 from sgdd.cache.identity import check_identity, encoder_identity
 from sgdd.cache.reader import Cache, CacheSplit, open_cache
 from sgdd.cache.views import check_view, next_block_view, sentence_view, view_for
@@ -63,6 +62,7 @@ from sgdd.models.diffusion import DiffusionConfig
 from sgdd.pipeline.config import OptimConfig, TrainConfig
 from sgdd.pipeline.distributed_train import DistInfo
 from sgdd.errors import SgddError
+from sgdd.io import fsync_tree, write_text_atomic
 from sgdd.log import get_logger, progress
 from sgdd.runtime import Precision, default_threads, pick_device, pick_precision, seed_everything
 from sgdd.pipeline.trackers import Tracker, open_trackers
@@ -752,7 +752,7 @@ def write_checkpoint(directory: Path, model: Decoder, meta: dict, trainer_state:
     try:
         if trainer_state is not None:
             torch.save(trainer_state, staged / TRAINER_STATE)
-        fmt.fsync_tree(staged)
+        fsync_tree(staged)
     except WRITE_ERRORS as e:  # a full disk: nothing half-written stays behind
         shutil.rmtree(staged, ignore_errors=True)
         raise write_failed(directory, e) from None
@@ -919,7 +919,7 @@ def reset_metrics(path: Path, keep_until: int | None) -> None:
 
 def write_config(cfg: TrainConfig, path: Path) -> None:
     """config.yaml, atomically (a kill never leaves half a file for the next resume to read)."""
-    fmt.write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # no temp file stays on failure
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # no temp file stays on failure
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from sgdd.cache.hf import write_dataset_card
 from sgdd.cache.writer import DirLock, SplitWriter, encoder_identity_diff, io_error, write_body_files, write_encoder_files
 from sgdd.config import to_dict
 from sgdd.errors import SgddError
+from sgdd.io import write_text_atomic
 from sgdd.log import get_logger, progress
 from sgdd.runtime import default_threads, pick_device, pick_precision
 from sgdd.stages.collect.config import CollectConfig
@@ -161,7 +162,7 @@ def prepare_cache(out: Path, cfg: CollectConfig, mode, fingerprint: dict) -> Dir
         body = mode.body()
         if body is not None:
             write_body_files(out, *body)
-        fmt.write_text_atomic(out / "collect-config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text_atomic(out / "collect-config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     except OSError as e:
         lock.release()
         raise io_error(f"writing {out}", e) from None

@@ -21,6 +21,7 @@ import torch
 from sgdd.cache import format as fmt
 from sgdd.cache.writer import ShardBuilder, io_error
 from sgdd.errors import SgddError
+from sgdd.io import write_json_atomic
 from sgdd.runtime import Precision
 from sgdd.stages.collect.config import CollectConfig
 from sgdd.stages.collect.ranks import BARRIER_TIMEOUT, Ranks
@@ -209,7 +210,7 @@ class Continuations:
                 conts[i] = cont
         try:
             self.dir.mkdir(exist_ok=True)
-            fmt.write_json_atomic(path, {"prompts": len(prompts), "continuations": conts})
+            write_json_atomic(path, {"prompts": len(prompts), "continuations": conts})
         except OSError as e:
             raise io_error(f"writing {path}", e) from None
 

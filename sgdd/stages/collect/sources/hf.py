@@ -15,7 +15,7 @@ from typing import Iterator
 from sgdd.errors import SgddError
 from sgdd.offline import hub_reachable
 from sgdd.stages.collect.sources.base import Record, Source, count
-from sgdd.cache.format import file_sha256
+from sgdd.io import file_sha256
 from sgdd.stages.collect.sources.local import as_text
 from sgdd.stages.collect.sources.text import article_lines, clean_text
 

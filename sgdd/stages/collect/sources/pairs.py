@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 from sgdd.errors import SgddError
 from sgdd.offline import hub_reachable
 from sgdd.stages.collect.sources.base import Record, Source, count
-from sgdd.cache.format import file_sha256
+from sgdd.io import file_sha256
 from sgdd.stages.collect.sources.text import clean_text
 
 GLUE_HUB = "nyu-mll/glue"
