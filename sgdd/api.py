@@ -29,9 +29,11 @@ from typing import Any, Sequence
 
 import torch
 
+from sgdd.cache.format import EMBEDDINGS_FILE, LM_HEAD_FILE, SPECIAL_KEYS
 from sgdd.models.checkpoint import EMA_FILE, MODEL_FILE, MODEL_META, save_model
-from sgdd.models.portable import ASSETS_DIR, RunAssets, find_assets
+from sgdd.models.portable import ASSETS_DIR, CACHE_INFO, RunAssets, find_assets
 from sgdd.errors import SgddError
+from sgdd.io import write_json_atomic, write_text_atomic
 
 CHECKPOINTS = ("best", "last")
 CARD = "README.md"
@@ -125,8 +127,6 @@ class Run:
 
     @property
     def special_ids(self) -> dict:
-        from sgdd.stages.evaluate import SPECIAL_KEYS
-
         return {**{k: self.encoder_info.get(k) for k in SPECIAL_KEYS}, **self.meta.get("special_ids", {})}
 
     @property
@@ -224,17 +224,17 @@ class Run:
             if assets.exists():
                 shutil.rmtree(assets)
             shutil.copytree(self.assets.dir, assets,
-                            ignore=shutil.ignore_patterns("embeddings.safetensors", "lm_head.safetensors"))
-            if not (assets / "cache.json").is_file() and self.assets.cache_info:
-                (assets / "cache.json").write_text(json.dumps(self.assets.cache_info, indent=2) + "\n")
+                            ignore=shutil.ignore_patterns(EMBEDDINGS_FILE, LM_HEAD_FILE))
+            if not (assets / CACHE_INFO).is_file() and self.assets.cache_info:
+                write_json_atomic(assets / CACHE_INFO, self.assets.cache_info)
         for name in (CONFIG,):
             if (self.root / name).is_file() and (self.root / name).resolve() != (out / name).resolve():
                 shutil.copy2(self.root / name, out / name)
         report = _latest_report(self.root)
         if report is not None:
-            (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        (out / CARD).write_text(model_card(meta, self.encoder_info, self.assets.cache_info, report,
-                                           (out / CONFIG).read_text() if (out / CONFIG).is_file() else None))
+            write_json_atomic(out / REPORT, report)
+        write_text_atomic(out / CARD, model_card(meta, self.encoder_info, self.assets.cache_info, report,
+                                                 (out / CONFIG).read_text() if (out / CONFIG).is_file() else None))
         return out
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,

@@ -398,7 +398,7 @@ def cache() -> None:
 @user_errors
 def info(path: str) -> None:
     """Splits, rows, arrays, size on disk and fingerprints of a cache."""
-    from sgdd.cache.tools import cache_info
+    from sgdd.cache.verify import cache_info
 
     click.echo(cache_info(Path(path)))
 
@@ -408,7 +408,7 @@ def info(path: str) -> None:
 @user_errors
 def verify(path: str) -> None:
     """Check every shard's checksum, rows and shapes; exit 1 naming the first bad shard."""
-    from sgdd.cache.tools import verify_cache
+    from sgdd.cache.verify import verify_cache
 
     click.echo(verify_cache(Path(path)))
 

@@ -8,7 +8,7 @@ import torch
 
 from sgdd.cache import open_cache
 from sgdd.cache import format as fmt
-from sgdd.cache.tools import cache_info, verify_cache
+from sgdd.cache.verify import cache_info, verify_cache
 from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
 from sgdd.stages.collect.sources.rows import window_starts

@@ -25,6 +25,8 @@ BODY_FILE = "body.safetensors"  # an encoder's own weights, to start a decoder b
 BODY_CONFIG = "body.json"  # its Hugging Face config
 LOCK_FILE = ".lock"
 GENERATED_DIR = "generated"
+SPECIAL_KEYS = ("pad_id", "mask_id", "bos_id", "eos_id")  # encoder.json: the special token ids (an id or null)
+IGNORE_INDEX = -100  # a view's label that is never masked nor scored (e.g. past the end of a window)
 
 # What a split holds (manifest "kind") -> the Arrow schema of its rows.
 #   sentences: one sentence per row; array "vectors" [N, D] (+ optional "hidden" [N, S, H])

@@ -31,7 +31,6 @@ from sgdd.errors import SgddError
 from sgdd.io import TMP_MARK, atomic_path, fsync_dir, publish_dir, temp_name, write_json_atomic
 
 FP16_MAX = 65504.0
-ROW_SCHEMA = fmt.SENTENCE_SCHEMA  # the sentence schema; pairs and windows add columns (format.SCHEMAS)
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:
@@ -214,21 +213,6 @@ class SplitWriter:
         if index in self.committed:
             raise ValueError(f"shard {index} is already committed")
         return ShardBuilder(self, index, n, first_row)
-
-    def write_shard(self, rows: dict[str, list], arrays: dict[str, torch.Tensor], index: int | None = None,
-                    first_row: int | None = None) -> dict:
-        """Commit one shard in one call: columns of the split's schema and one tensor per array."""
-        if set(arrays) != set(self.arrays):
-            raise ValueError(f"arrays {sorted(arrays)} do not match the declared {sorted(self.arrays)}")
-        index = (max(self.committed) + 1 if self.committed else 0) if index is None else index
-        first_row = self.committed_rows if first_row is None else first_row
-        shard = self.begin_shard(index, len(rows["id"]), first_row)
-        try:
-            for name, tensor in arrays.items():
-                shard.write(name, 0, tensor)
-            return shard.commit(rows)
-        finally:
-            shard.abort()
 
     def finalize(self, extra: dict | None = None, num_shards: int | None = None) -> Path:
         """Write ``manifest.json`` (last, atomically): the split now exists for readers.
