@@ -24,7 +24,7 @@ from sgdd.stages import collect
 from sgdd.stages.collect.loop import check_committed
 from tests.helpers import SENTENCES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The child: `sgdd collect` with one moment at which it SIGKILLs itself (a real kill -9, placed
 # exactly), and a short pause after each committed shard so that an outside kill lands mid-run.
