@@ -53,7 +53,7 @@ def m_sgdd(args: dict) -> dict:
     from sgdd.stages import collect
 
     cfg = CollectConfig(model=args["model"], dataset=args["corpus"], out=args["out"], dtype="fp16",
-                        batch_size=BATCH, min_words=1, max_words=10_000, max_tokens=512, shard_size=8192)
+                        batch_size=BATCH, min_words=1, max_words=10_000, max_tokens=args["max_tokens"], shard_size=8192)
     collect.run(cfg)
     split = open_cache(args["out"]).split("train")
     # collect_seconds: streaming, filtering, tokenising, encoding and committing shards (model loaded)
@@ -136,7 +136,8 @@ def worker(args: dict) -> dict:
 
 
 def run_suite(setup: Setup, reps: int) -> dict:
-    args = {"model": setup.model, "corpus": str(setup.corpus), "out": str(setup.workdir / "collect-out")}
+    args = {"model": setup.model, "corpus": str(setup.corpus), "out": str(setup.workdir / "collect-out"),
+            "max_tokens": 64 if setup.quick else 512}  # the --quick encoder has fewer positions than 512
     raw = alternate("bench.collect", METHODS, args, reps)
     table = {}
     for m, runs in raw.items():
