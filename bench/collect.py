@@ -28,6 +28,11 @@ METHODS = ["sgdd", "eagle", "vec2text", "ceiling"]
 BATCH = 128
 
 
+def max_tokens(quick: bool) -> int:
+    """sgdd's --max-tokens: 512, or 64 for the tiny --quick encoder (it has 78 positions)."""
+    return 64 if quick else 512
+
+
 def _load(model_dir: str):
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -137,7 +142,7 @@ def worker(args: dict) -> dict:
 
 def run_suite(setup: Setup, reps: int) -> dict:
     args = {"model": setup.model, "corpus": str(setup.corpus), "out": str(setup.workdir / "collect-out"),
-            "max_tokens": 64 if setup.quick else 512}  # the --quick encoder has fewer positions than 512
+            "max_tokens": max_tokens(setup.quick)}
     raw = alternate("bench.collect", METHODS, args, reps)
     table = {}
     for m, runs in raw.items():

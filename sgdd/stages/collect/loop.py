@@ -20,7 +20,8 @@ import yaml
 
 from sgdd.cache import format as fmt
 from sgdd.cache.hf import write_dataset_card
-from sgdd.cache.writer import DirLock, SplitWriter, encoder_identity_diff, io_error, write_body_files, write_encoder_files
+from sgdd.cache.writer import (DirLock, SplitWriter, encoder_identity_diff, io_error, write_body_files,
+                               write_encoder_files)
 from sgdd.config import to_dict
 from sgdd.errors import SgddError
 from sgdd.io import write_text_atomic
