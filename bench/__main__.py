@@ -44,7 +44,7 @@ def cpu_model() -> str:
 
 def build_cache(setup: Setup) -> str:
     """One sgdd cache of the corpus, shared by the train suite."""
-    from sgdd.pipeline.config import CollectConfig
+    from sgdd.stages.collect.config import CollectConfig
     from sgdd.stages import collect as stage
 
     out = setup.workdir / "cache"

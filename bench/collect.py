@@ -28,6 +28,11 @@ METHODS = ["sgdd", "eagle", "vec2text", "ceiling"]
 BATCH = 128
 
 
+def max_tokens(quick: bool) -> int:
+    """sgdd's --max-tokens: 512, or 64 for the tiny --quick encoder (it has 78 positions)."""
+    return 64 if quick else 512
+
+
 def _load(model_dir: str):
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -49,11 +54,11 @@ def _mean_pool(model, ids, attn):
 
 def m_sgdd(args: dict) -> dict:
     from sgdd.cache import open_cache
-    from sgdd.pipeline.config import CollectConfig
+    from sgdd.stages.collect.config import CollectConfig
     from sgdd.stages import collect
 
     cfg = CollectConfig(model=args["model"], dataset=args["corpus"], out=args["out"], dtype="fp16",
-                        batch_size=BATCH, min_words=1, max_words=10_000, max_tokens=512, shard_size=8192)
+                        batch_size=BATCH, min_words=1, max_words=10_000, max_tokens=args["max_tokens"], shard_size=8192)
     collect.run(cfg)
     split = open_cache(args["out"]).split("train")
     # collect_seconds: streaming, filtering, tokenising, encoding and committing shards (model loaded)
@@ -136,7 +141,8 @@ def worker(args: dict) -> dict:
 
 
 def run_suite(setup: Setup, reps: int) -> dict:
-    args = {"model": setup.model, "corpus": str(setup.corpus), "out": str(setup.workdir / "collect-out")}
+    args = {"model": setup.model, "corpus": str(setup.corpus), "out": str(setup.workdir / "collect-out"),
+            "max_tokens": max_tokens(setup.quick)}
     raw = alternate("bench.collect", METHODS, args, reps)
     table = {}
     for m, runs in raw.items():

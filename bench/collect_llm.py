@@ -17,7 +17,6 @@ import json
 import random
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from bench.common import Timer, alternate, dir_bytes, peak_rss_mib, summary
@@ -29,7 +28,7 @@ def m_sgdd(args: dict) -> dict:
     import torch
 
     from sgdd.cache import open_cache
-    from sgdd.pipeline.config import CollectConfig
+    from sgdd.stages.collect.config import CollectConfig
     from sgdd.stages import collect
 
     cfg = CollectConfig(model=args["model"], dataset=args["corpus"], out=args["out"], dtype="fp16",

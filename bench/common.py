@@ -38,7 +38,7 @@ def write_corpus(path: Path, n: int, quick: bool, documents: bool = False) -> Pa
         texts = pq.read_table(SHARED_DATA / "wiki" / "validation.parquet", columns=["text"]).column("text").to_pylist()
         lines = [" ".join(t.split()) for t in texts if len(t) > 3000][:n]
     elif not quick and (SHARED_DATA / "wiki").is_dir():
-        from sgdd.sources import get_source
+        from sgdd.stages.collect.sources import get_source
 
         seen = set()
         for split in ("validation", "test", "train"):

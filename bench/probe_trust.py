@@ -37,7 +37,7 @@ TINY_TRAIN = ["--set", "model.n_layers=1", "--set", "model.d_model=32", "--set",
               "--set", "optim.warmup_steps=2", "--set", "eval_batches=1", "--set", "log_every=1", "--set", "val_split=train",
               "--precision", "fp32", "--device", "cpu"]
 EVAL = ["--split", "train", "--steps", "2", "--device", "cpu", "--precision", "fp32", "--max-samples", "2"]
-TEMP_MARKERS = (".tmp-", ".stage-", ".old-")
+TEMP_MARKERS = (".tmp-", ".old-")
 
 
 class Probe:

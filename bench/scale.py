@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.collect import max_tokens
 from bench.common import Setup, run_worker, write_corpus
 
 
@@ -15,7 +16,7 @@ def run_suite(setup: Setup, small: int, factor: int, train_steps: int) -> dict:
         corpus = write_corpus(setup.workdir / f"scale-{name}.txt", n, setup.quick)
         cache = setup.workdir / f"scale-cache-{name}"
         c = run_worker("bench.collect", {"method": "sgdd", "model": setup.model, "corpus": str(corpus),
-                                         "out": str(cache), "keep": True})
+                                         "out": str(cache), "keep": True, "max_tokens": max_tokens(setup.quick)})
         t = run_worker("bench.train", {"method": "cache", "cache": str(cache), "model": setup.model,
                                        "steps": train_steps, "warmup": 2})
         out[name] = {"rows": c["rows"], "collect_seconds": c["seconds"], "collect_peak_rss_mib": c["peak_rss_mib"],

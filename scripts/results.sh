@@ -38,8 +38,8 @@ recon() {
 }
 paraphrase() { train runs/paraphrase-mix --config configs/paraphrase-mix-cpu.yaml; }
 mtp() {  # the whole block drafted; then EAGLE-style, the base model's own next token given
-  train runs/mtp-smollm2-cpu --config configs/mtp-cpu.yaml --shards cache/smollm2-windows --set optim.max_steps=2000
-  train runs/mtp-smollm2-cpu-given1 --config configs/mtp-cpu.yaml --shards cache/smollm2-windows \
+  train runs/mtp-smollm2-cpu --config configs/mtp-cpu.yaml --cache cache/smollm2-windows --set optim.max_steps=2000
+  train runs/mtp-smollm2-cpu-given1 --config configs/mtp-cpu.yaml --cache cache/smollm2-windows \
     --set optim.max_steps=2000 --set given=1
 }
 ablations() {
@@ -120,7 +120,7 @@ mtp_speculate() {
   OMP_NUM_THREADS=1 $SGDD collect --model SmolLM2-135M-Instruct --dataset wiki --data-dir "$DATA/wiki" \
     --split train:96 --sample-size 128 --stride 128 --generate --max-new-tokens 192 \
     --dtype fp32 --precision fp32 --out cache/smollm2-gen
-  OMP_NUM_THREADS=1 train runs/mtp-smollm2-gen --config configs/mtp-cpu.yaml --shards cache/smollm2-gen \
+  OMP_NUM_THREADS=1 train runs/mtp-smollm2-gen --config configs/mtp-cpu.yaml --cache cache/smollm2-gen \
     --set given=1 --set consistent_labels=true --set optim.max_steps=300 --set optim.warmup_steps=50 \
     --set eval_every=100 --set save_every=100 --set precision=fp32
   $SGDD_PY -c 'import json, pyarrow.parquet as pq

@@ -27,7 +27,7 @@ _EXPORTS = {
     "open_cache": "sgdd.cache.reader",
     "cache_dataset": "sgdd.cache.hf",
     "write_dataset_card": "sgdd.cache.hf",
-    "CollectConfig": "sgdd.pipeline.config",
+    "CollectConfig": "sgdd.stages.collect.config",
     "TrainConfig": "sgdd.stages.train.config",
     "EvalConfig": "sgdd.stages.evaluate.config",
     "SgddError": "sgdd.errors",

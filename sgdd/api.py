@@ -29,9 +29,12 @@ from typing import Any, Sequence
 
 import torch
 
-from sgdd.models.checkpoint import CHECKPOINT_NAMES, CHECKPOINTS, EMA_FILE, MODEL_FILE, MODEL_META, checkpoint_dir, save_model
-from sgdd.models.portable import ASSETS_DIR, RunAssets, find_assets
+from sgdd.cache.format import EMBEDDINGS_FILE, LM_HEAD_FILE
+from sgdd.models.checkpoint import (CHECKPOINT_NAMES, CHECKPOINTS, EMA_FILE, MODEL_FILE, MODEL_META, checkpoint_dir,
+                                    save_model, special_ids)
+from sgdd.models.portable import ASSETS_DIR, CACHE_INFO, RunAssets, find_assets
 from sgdd.errors import SgddError
+from sgdd.io import write_json_atomic, write_text_atomic
 
 CARD = "README.md"
 CONFIG = "config.yaml"
@@ -124,9 +127,7 @@ class Run:
 
     @property
     def special_ids(self) -> dict:
-        from sgdd.stages.evaluate.resolve import SPECIAL_KEYS
-
-        return {**{k: self.encoder_info.get(k) for k in SPECIAL_KEYS}, **self.meta.get("special_ids", {})}
+        return special_ids(self.encoder_info, self.meta)
 
     @property
     def length(self) -> int:
@@ -224,17 +225,17 @@ class Run:
             if assets.exists():
                 shutil.rmtree(assets)
             shutil.copytree(self.assets.dir, assets,
-                            ignore=shutil.ignore_patterns("embeddings.safetensors", "lm_head.safetensors"))
-            if not (assets / "cache.json").is_file() and self.assets.cache_info:
-                (assets / "cache.json").write_text(json.dumps(self.assets.cache_info, indent=2) + "\n")
+                            ignore=shutil.ignore_patterns(EMBEDDINGS_FILE, LM_HEAD_FILE))
+            if not (assets / CACHE_INFO).is_file() and self.assets.cache_info:
+                write_json_atomic(assets / CACHE_INFO, self.assets.cache_info)
         for name in (CONFIG,):
             if (self.root / name).is_file() and (self.root / name).resolve() != (out / name).resolve():
                 shutil.copy2(self.root / name, out / name)
         report = _latest_report(self.root)
         if report is not None:
-            (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        (out / CARD).write_text(model_card(meta, self.encoder_info, self.assets.cache_info, report,
-                                           (out / CONFIG).read_text() if (out / CONFIG).is_file() else None))
+            write_json_atomic(out / REPORT, report)
+        write_text_atomic(out / CARD, model_card(meta, self.encoder_info, self.assets.cache_info, report,
+                                                 (out / CONFIG).read_text() if (out / CONFIG).is_file() else None))
         return out
 
     def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
@@ -282,7 +283,7 @@ def _config(cls: type, cfg: Any, fields: dict) -> Any:
 
 def collect(cfg: Any = None, **fields) -> Path:
     """Stage 1 (``sgdd collect``): encode a corpus into a cache; returns the cache directory."""
-    from sgdd.pipeline.config import CollectConfig
+    from sgdd.stages.collect.config import CollectConfig
     from sgdd.stages import collect as stage
 
     return stage.run(_config(CollectConfig, cfg, fields))

@@ -18,7 +18,8 @@ import click
 
 from sgdd.config import apply_overrides, load_yaml, parse_set
 from sgdd.errors import SgddError
-from sgdd.pipeline.config import CollectConfig, RunConfig
+from sgdd.pipeline.run import RunConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.stages.speculate import SpeculateConfig
 from sgdd.stages.train.config import TrainConfig
@@ -72,9 +73,12 @@ CHOICES: dict[tuple[type, str], list[str]] = {
     (EvalConfig, "schedule"): ["cosine", "linear", "square", "cubic", "sqrt"],
     (EvalConfig, "precision"): PRECISIONS,
 }
-# Fields whose flattened name would mean different things in different commands: their option
-# name says which (the old spelling still works, hidden from --help).
+# Fields whose option is named otherwise than the field: a flattened name that would mean different
+# things in different commands, or a clearer name (--cache for the field `shards`, which names a
+# cache directory). The old spelling still works, hidden from --help; config keys do not change.
 RENAMED: dict[tuple[type, str], str] = {
+    (TrainConfig, "shards"): "cache",
+    (EvalConfig, "shards"): "cache",
     (TrainConfig, "diffusion.schedule"): "noise-schedule",
     (EvalConfig, "schedule"): "unmask-schedule",
     (EvalConfig, "block_length"): "decode-block-length",
@@ -260,7 +264,7 @@ def train(config: str | None, sets: tuple[str, ...], overrides: dict) -> None:
 
     \b
     Example:
-      sgdd train --shards cache/wiki --config configs/cpu-small.yaml --max-steps 2000
+      sgdd train --cache cache/wiki --config configs/cpu-small.yaml --max-steps 2000
     """
     from sgdd.stages import train as stage
 
@@ -316,16 +320,17 @@ def invert(texts: tuple[str, ...], config: str | None, sets: tuple[str, ...], ov
 def run(config_file: str, sets: tuple[str, ...]) -> None:
     """Run collect -> train -> eval from one YAML file (sections collect, train, eval).
 
-    The cache written by collect is the one train reads, and eval evaluates that run.
+    The cache written by collect is the one train reads, and eval evaluates that run; a
+    train.shards, eval.shards or eval.run in the file must name those same paths.
 
     \b
     Example:
       sgdd run configs/quickstart.yaml --set train.optim.max_steps=100
     """
-    from sgdd.pipeline.run import run_all
+    from sgdd.pipeline.run import given_links, run_all
 
     cfg = _build(RunConfig, config_file, {}, sets)
-    report = run_all(cfg)
+    report = run_all(cfg, given_links(config_file, sets))
     click.echo(f"report written to {report}")
 
 
@@ -399,7 +404,7 @@ def cache() -> None:
 @user_errors
 def info(path: str) -> None:
     """Splits, rows, arrays, size on disk and fingerprints of a cache."""
-    from sgdd.cache.tools import cache_info
+    from sgdd.cache.verify import cache_info
 
     click.echo(cache_info(Path(path)))
 
@@ -409,7 +414,7 @@ def info(path: str) -> None:
 @user_errors
 def verify(path: str) -> None:
     """Check every shard's checksum, rows and shapes; exit 1 naming the first bad shard."""
-    from sgdd.cache.tools import verify_cache
+    from sgdd.cache.verify import verify_cache
 
     click.echo(verify_cache(Path(path)))
 

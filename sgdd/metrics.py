@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from sgdd.models.diffusion import IGNORE_INDEX
+from sgdd.cache.format import IGNORE_INDEX
 from sgdd.errors import SgddError
 
 # iBLEU = alpha * BLEU(out, ref) - (1 - alpha) * BLEU(out, src) (Sun & Zhou, ACL 2012). alpha = 0.8

@@ -42,6 +42,23 @@ SENTENCES = [
     "the castle walls were repaired after the war .",
 ]
 
+
+def write_shard(writer, rows: dict[str, list], arrays: dict[str, torch.Tensor], index: int | None = None,
+                first_row: int | None = None) -> dict:
+    """Commit one shard of ``writer`` (a SplitWriter) in one call: columns of the split's schema and
+    one tensor per declared array; by default the next shard, after the committed rows."""
+    if set(arrays) != set(writer.arrays):
+        raise ValueError(f"arrays {sorted(arrays)} do not match the declared {sorted(writer.arrays)}")
+    index = (max(writer.committed) + 1 if writer.committed else 0) if index is None else index
+    first_row = writer.committed_rows if first_row is None else first_row
+    shard = writer.begin_shard(index, len(rows["id"]), first_row)
+    try:
+        for name, tensor in arrays.items():
+            shard.write(name, 0, tensor)
+        return shard.commit(rows)
+    finally:
+        shard.abort()
+
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
@@ -107,7 +124,7 @@ def build_cache(root: Path, splits: dict[str, list[str]] | None = None, dim: int
             for start in range(0, len(texts), shard_size):
                 chunk = texts[start:start + shard_size]
                 ids = [tokenizer(t)["input_ids"] for t in chunk]
-                w.write_shard(
+                write_shard(w, 
                     {"id": [f"{split}-{start + i}" for i in range(len(chunk))], "text": chunk,
                      "input_ids": ids, "length": [len(x) for x in ids]},
                     {"vectors": torch.stack([text_vector(t, dim) for t in chunk])},
@@ -137,7 +154,7 @@ def build_body_cache(root: Path, dim: int = 16) -> Path:
     for split, texts in {"train": SENTENCES[:24], "validation": SENTENCES[24:28], "test": SENTENCES[28:]}.items():
         with SplitWriter(root / split, {"model": "tiny-roberta", "split": split}, {"vectors": ((dim,), "fp32")}) as w:
             ids = [tokenizer(t)["input_ids"] for t in texts]
-            w.write_shard({"id": [f"{split}-{i}" for i in range(len(texts))], "text": texts, "input_ids": ids,
+            write_shard(w, {"id": [f"{split}-{i}" for i in range(len(texts))], "text": texts, "input_ids": ids,
                            "length": [len(x) for x in ids]},
                           {"vectors": torch.stack([text_vector(t, dim) for t in texts])})
             w.finalize()

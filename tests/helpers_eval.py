@@ -172,7 +172,7 @@ def build_window_cache(root: Path, rows: list[list[int]], outputs: list[list[int
 # --------------------------------------------------------------------------------------------
 def collect_tiny(root: Path, encoder_dir: Path, sentences: list[str] | None = None) -> Path:
     """cache/ collected by the real Stage 1 from ``encoder_dir`` (fp32 compute and storage)."""
-    from sgdd.pipeline.config import CollectConfig
+    from sgdd.stages.collect.config import CollectConfig
     from sgdd.stages import collect
     from tests.helpers import SENTENCES
 

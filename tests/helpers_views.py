@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from tests.helpers import SENTENCES, build_tokenizer, text_vector
+from tests.helpers import SENTENCES, build_tokenizer, text_vector, write_shard
 
 HIDDEN = 36  # divisible by the 9 heads of configs/mtp-smollm2.yaml into an even head size
 
@@ -53,18 +53,10 @@ def window_rows(texts: list[str], tokenizer, sample_size: int, stride: int, hidd
 
 
 def _window_writer(split_dir: Path, settings: dict, arrays: dict):
-    """The cache's SplitWriter for kind "windows"; a writer that predates kinds gets the window
-    columns and the manifest kind patched in (same files on disk)."""
-    from sgdd.cache import writer as writer_mod
+    """The cache's SplitWriter for kind "windows" (and no extra manifest fields)."""
+    from sgdd.cache.writer import SplitWriter
 
-    if "kind" in inspect.signature(writer_mod.SplitWriter).parameters:
-        return writer_mod.SplitWriter(split_dir, settings, arrays, kind="windows"), {}
-    import pyarrow as pa
-
-    writer_mod.ROW_SCHEMA = pa.schema([("id", pa.string()), ("sample_id", pa.string()), ("text", pa.string()),
-                                       ("input_ids", pa.list_(pa.int32())), ("length", pa.int32()),
-                                       ("output_ids", pa.list_(pa.int32()))])
-    return writer_mod.SplitWriter(split_dir, settings, arrays), {"kind": "windows"}
+    return SplitWriter(split_dir, settings, arrays, kind="windows"), {}
 
 
 def build_windows_cache(root: Path, splits: dict[str, list[str]] | None = None, sample_size: int = 8,
@@ -100,6 +92,6 @@ def build_windows_cache(root: Path, splits: dict[str, list[str]] | None = None, 
         with writer as w:
             for start in range(0, len(rows["id"]), shard_rows):
                 part = {k: v[start:start + shard_rows] for k, v in rows.items()}
-                w.write_shard(part, {"hidden": states[start:start + shard_rows]})
+                write_shard(w, part, {"hidden": states[start:start + shard_rows]})
             w.finalize(extra)
     return root

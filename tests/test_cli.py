@@ -37,7 +37,7 @@ def test_collect_train_eval_end_to_end(tiny_encoder_dir, corpus, tmp_path, monke
     r = invoke("cache", "verify", "cache/tiny")
     assert r.exit_code == 0 and r.output.startswith("ok: 1 splits, 32 rows")
 
-    r = invoke("train", "--shards", "cache/tiny", *TINY_TRAIN)
+    r = invoke("train", "--cache", "cache/tiny", *TINY_TRAIN)
     assert r.exit_code == 0, r.output
     run_dir = tmp_path / "runs" / "tiny"
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -61,7 +61,7 @@ def test_run_command_links_the_stages(tiny_encoder_dir, corpus, tmp_path, monkey
     config = {
         "collect": {"model": str(tiny_encoder_dir), "dataset": str(corpus), "splits": ["train"], "out": "cache/c",
                     "precision": "fp32"},
-        "train": {"shards": "elsewhere", "out": "runs/r", "val_split": None, "precision": "fp32",
+        "train": {"out": "runs/r", "val_split": None, "precision": "fp32",
                   "model": {"n_layers": 1, "d_model": 32, "n_heads": 2, "max_len": 16},
                   "optim": {"max_steps": 6, "batch_size": 8, "warmup_steps": 2}},
         "eval": {"split": "train", "steps": 2, "max_samples": 4},
@@ -75,13 +75,28 @@ def test_run_command_links_the_stages(tiny_encoder_dir, corpus, tmp_path, monkey
     r = invoke("run", "run.yaml", "--set", "train.optim.max_steps=4")  # rerun: resumes, nothing refused
     assert r.exit_code == 0, r.output
 
+    # a linked key the file sets itself must name the path `sgdd run` passes on, or nothing is trained
+    config["train"]["shards"] = "elsewhere"
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({**config, "train": {**config["train"], "out": "runs/o"}}))
+    r = CliRunner().invoke(cli, ["run", "other.yaml"])
+    last = r.output.strip().splitlines()[-1]  # the one-line error, after collect's log lines
+    assert r.exit_code == 1 and last.startswith("Error: train.shards is 'elsewhere'") and "cache/c" in last
+    assert not (tmp_path / "runs/o").exists()
+    r = CliRunner().invoke(cli, ["run", "run.yaml", "--set", "eval.run=runs/x"])
+    assert r.exit_code == 1 and "eval.run is 'runs/x'" in r.output and "runs/r" in r.output
+    config["train"]["shards"] = str(tmp_path / "cache/c")  # the same cache, spelled otherwise: agrees
+    config["eval"]["run"] = "runs/r"
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    r = invoke("run", "run.yaml", "--set", "train.optim.max_steps=4")
+    assert r.exit_code == 0, r.output
+
 
 @pytest.mark.parametrize("command", [[], ["collect"], ["train"], ["eval"], ["run"], ["cache", "info"]])
 def test_help_explains_every_option(command):
     r = invoke(*command, "--help")
     assert r.exit_code == 0
     if command == ["train"]:
-        for option in ("--shards", "--d-model", "--noise-schedule", "--loss-weight", "--grad-accum", "--resume", "--set"):
+        for option in ("--cache", "--d-model", "--noise-schedule", "--loss-weight", "--grad-accum", "--resume", "--set"):
             assert option in r.output
         assert "[default: 64]" in r.output  # max_len / batch_size defaults are shown
 

@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 from sgdd.cli import CHOICES, cli
-from sgdd.pipeline.config import CollectConfig
 from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.stages.train.config import TrainConfig
 from sgdd.log import progress, quiet_transformers, setup
@@ -68,6 +67,13 @@ def test_null_old_spellings_and_set(monkeypatch):
     r = CliRunner().invoke(cli, ["train", "--schedule", "loglinear"])  # the old spelling, hidden
     assert r.exit_code == 0 and seen["cfg"].diffusion.schedule == "loglinear"
     assert "--schedule " not in CliRunner().invoke(cli, ["train", "--help"]).output
+    seen.clear()
+    r = CliRunner().invoke(cli, ["train", "--cache", "cache/a"])  # --cache names the field `shards`
+    assert r.exit_code == 0 and seen["cfg"].shards == "cache/a"
+    seen.clear()
+    r = CliRunner().invoke(cli, ["train", "--shards", "cache/b"])  # the old spelling, hidden
+    assert r.exit_code == 0 and seen["cfg"].shards == "cache/b"
+    assert "--shards" not in CliRunner().invoke(cli, ["train", "--help"]).output
 
     seen = captured(monkeypatch, "eval")
     r = CliRunner().invoke(cli, ["eval", "--unmask-schedule", "sqrt", "--decode-block-length", "4", "--set", "steps=3"])
@@ -76,6 +82,11 @@ def test_null_old_spellings_and_set(monkeypatch):
     seen.clear()
     r = CliRunner().invoke(cli, ["eval", "--schedule", "linear", "--block-length", "2", "--block-length", "2"])
     assert r.exit_code == 0 and (seen["cfg"].schedule, seen["cfg"].block_length) == ("linear", 2)
+    for option in ("--cache", "--shards"):
+        seen.clear()
+        r = CliRunner().invoke(cli, ["eval", option, "cache/e"])
+        assert r.exit_code == 0 and seen["cfg"].shards == "cache/e"
+    assert "--shards" not in CliRunner().invoke(cli, ["eval", "--help"]).output
 
     seen = captured(monkeypatch, "collect")
     r = CliRunner().invoke(cli, ["collect", "--dtype", "bf16", "--set", "shard_size=5", "--max-samples", "null"])

@@ -3,7 +3,8 @@
 import pytest
 
 from sgdd.config import apply_overrides, from_dict, load_yaml, parse_set, save_yaml
-from sgdd.pipeline.config import CollectConfig, RunConfig
+from sgdd.pipeline.run import RunConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.stages.train.config import TrainConfig
 from sgdd.errors import SgddError

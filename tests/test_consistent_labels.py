@@ -8,8 +8,8 @@ import torch
 
 from sgdd.cache import open_cache
 from sgdd.cache.views import consistent_default, next_block_view
-from sgdd.models.diffusion import IGNORE_INDEX
-from sgdd.pipeline.config import CollectConfig
+from sgdd.cache.format import IGNORE_INDEX
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.stages import collect
 from sgdd.stages.train import fit
 from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir

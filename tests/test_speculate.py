@@ -15,7 +15,7 @@ from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.speculate import BaseLM, HeadDrafter, greedy, speculate
 from sgdd.models.decoder import Decoder
 from sgdd.models.decoder import DecoderConfig
-from sgdd.pipeline.config import CollectConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
 from sgdd.runtime import pick_precision
 from sgdd.stages import collect

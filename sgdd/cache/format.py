@@ -1,16 +1,15 @@
-"""Names, dtypes, checksums and atomic file helpers shared by the cache writer and reader."""
+"""The cache's on-disk format: file names, schemas, stored dtypes, array layout, checksums and path rules."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+
+from sgdd.io import file_sha256, named_sha256
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -26,6 +25,8 @@ BODY_FILE = "body.safetensors"  # an encoder's own weights, to start a decoder b
 BODY_CONFIG = "body.json"  # its Hugging Face config
 LOCK_FILE = ".lock"
 GENERATED_DIR = "generated"
+SPECIAL_KEYS = ("pad_id", "mask_id", "bos_id", "eos_id")  # encoder.json: the special token ids (an id or null)
+IGNORE_INDEX = -100  # a view's label that is never masked nor scored (e.g. past the end of a window)
 
 # What a split holds (manifest "kind") -> the Arrow schema of its rows.
 #   sentences: one sentence per row; array "vectors" [N, D] (+ optional "hidden" [N, S, H])
@@ -121,65 +122,13 @@ def from_storage(a: np.ndarray, dtype: str) -> torch.Tensor:
 
 def hash_files(paths: list[Path], root: Path) -> str:
     """sha256 over (relative path, content) of ``paths``, in sorted order."""
-    h = hashlib.sha256()
-    for p in sorted(paths, key=lambda p: p.relative_to(root).as_posix()):
-        h.update(p.relative_to(root).as_posix().encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
+    rel = sorted((p.relative_to(root).as_posix(), p) for p in paths)
+    return named_sha256(rel)
 
 
 def tree_checksum(root: Path, exclude: tuple[str, ...] = ()) -> str:
     files = [p for p in root.rglob("*") if p.is_file() and p.name not in exclude]
     return hash_files(files, root)
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every file and directory below ``root`` (and ``root`` itself)."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(Path(dirpath))
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary name, fsync, rename: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encoder_hashes(encoder_dir: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ import yaml
 
 from sgdd.cache import format as fmt
 from sgdd.errors import SgddError
+from sgdd.io import write_text_atomic
 
 CARD_FILE = "README.md"
 CARD_MARK = "<!-- written by sgdd collect: rewritten whenever a split is collected -->"
@@ -59,7 +60,7 @@ def write_dataset_card(path: str | Path) -> Path:
     card = cache.dir / CARD_FILE
     if card.is_file() and CARD_MARK not in card.read_text(errors="replace"):
         raise SgddError(f"{card} exists and was not written by sgdd; move it away to add a dataset card")
-    fmt.write_text_atomic(card, dataset_card(cache))
+    write_text_atomic(card, dataset_card(cache))
     return card
 
 

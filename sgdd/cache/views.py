@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import pyarrow.compute as pc
 import torch
 
+from sgdd.cache.format import IGNORE_INDEX
 from sgdd.cache.reader import CacheSplit
-from sgdd.models.diffusion import IGNORE_INDEX
 from sgdd.errors import SgddError
 
 VIEWS = ("sentence", "next_block")

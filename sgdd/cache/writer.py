@@ -28,9 +28,9 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 from sgdd.cache import format as fmt
 from sgdd.config import diff_dicts
 from sgdd.errors import SgddError
+from sgdd.io import TMP_MARK, atomic_path, fsync_dir, publish_dir, temp_name, write_json_atomic
 
 FP16_MAX = 65504.0
-ROW_SCHEMA = fmt.SENTENCE_SCHEMA  # the sentence schema; pairs and windows add columns (format.SCHEMAS)
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:
@@ -160,12 +160,12 @@ class SplitWriter:
             old = None
         if old is None:
             self._clear()
-            fmt.write_json_atomic(self.dir / fmt.COLLECT_STATE,
+            write_json_atomic(self.dir / fmt.COLLECT_STATE,
                                   {"schema_version": fmt.SCHEMA_VERSION, "kind": self.kind, "settings": self.settings})
             return
         # Same settings: keep the committed shards, drop anything half-written by a killed run.
         for p in self.dir.iterdir():
-            if p.name.startswith(".") and ".tmp-" in p.name:
+            if p.name.startswith(".") and TMP_MARK in p.name:
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         self.rescan()
         self.complete = (self.dir / fmt.MANIFEST).exists()
@@ -214,21 +214,6 @@ class SplitWriter:
             raise ValueError(f"shard {index} is already committed")
         return ShardBuilder(self, index, n, first_row)
 
-    def write_shard(self, rows: dict[str, list], arrays: dict[str, torch.Tensor], index: int | None = None,
-                    first_row: int | None = None) -> dict:
-        """Commit one shard in one call: columns of the split's schema and one tensor per array."""
-        if set(arrays) != set(self.arrays):
-            raise ValueError(f"arrays {sorted(arrays)} do not match the declared {sorted(self.arrays)}")
-        index = (max(self.committed) + 1 if self.committed else 0) if index is None else index
-        first_row = self.committed_rows if first_row is None else first_row
-        shard = self.begin_shard(index, len(rows["id"]), first_row)
-        try:
-            for name, tensor in arrays.items():
-                shard.write(name, 0, tensor)
-            return shard.commit(rows)
-        finally:
-            shard.abort()
-
     def finalize(self, extra: dict | None = None, num_shards: int | None = None) -> Path:
         """Write ``manifest.json`` (last, atomically): the split now exists for readers.
 
@@ -268,9 +253,9 @@ class SplitWriter:
                 raise SgddError(f"{encoder_dir}: {e}") from None
         path = self.dir / fmt.MANIFEST
         try:
-            fmt.write_json_atomic(path, manifest)
+            write_json_atomic(path, manifest)
             (self.dir / fmt.COLLECT_STATE).unlink(missing_ok=True)
-            fmt.fsync_dir(self.dir)
+            fsync_dir(self.dir)
         except OSError as e:
             raise io_error(f"writing {path}", e, "the committed shards are intact; rerun the same command") from None
         self.complete = True
@@ -284,8 +269,8 @@ class ShardBuilder:
     def __init__(self, writer: SplitWriter, index: int, n: int, first_row: int):
         self.writer, self.index, self.n, self.first_row = writer, index, n, first_row
         self.name = fmt.shard_name(index)
-        self.tmp = writer.dir / f".{self.name}.tmp-{os.getpid()}"
         self.final = writer.dir / self.name
+        self.tmp = temp_name(self.final)
         self.written: dict[str, int] = {}
         try:
             self.tmp.mkdir()
@@ -343,10 +328,8 @@ class ShardBuilder:
                     "sha256": fmt.hash_files(files, self.tmp),
                     "rows_sha256": fmt.hash_files([self.tmp / fmt.ROWS_FILE], self.tmp),
                     "files": {p.relative_to(self.tmp).as_posix(): p.stat().st_size for p in files}}
-            fmt.write_json_atomic(self.tmp / fmt.SHARD_META, meta)
-            fmt.fsync_tree(self.tmp)
-            os.rename(self.tmp, self.final)
-            fmt.fsync_dir(self.writer.dir)
+            write_json_atomic(self.tmp / fmt.SHARD_META, meta)
+            publish_dir(self.tmp, self.final)
         except OSError as e:
             raise self._fail(e) from None
         except pa.ArrowException as e:  # Arrow reports a full disk as its own IOError
@@ -379,21 +362,17 @@ def write_encoder_files(cache_dir: Path, tokenizer: Any, embeddings: torch.Tenso
             raise SgddError(f"{cache_dir} holds data of another encoder ({'; '.join(diff)}); "
                             "pass --overwrite or choose another --out")
         return final
-    for stale in cache_dir.glob(f".{fmt.ENCODER_DIR}.tmp-*"):  # left by a killed collect
+    for stale in cache_dir.glob(f".{fmt.ENCODER_DIR}{TMP_MARK}*"):  # left by a killed collect
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = cache_dir / f".{fmt.ENCODER_DIR}.tmp-{os.getpid()}"
+    tmp = temp_name(final)
     try:
         tmp.mkdir(parents=True)
         tokenizer.save_pretrained(str(tmp))
         save_file({"weight": embeddings.detach().to("cpu").contiguous()}, str(tmp / fmt.EMBEDDINGS_FILE))
         for name, tensor in (tensors or {}).items():
             save_file({"weight": tensor.detach().to("cpu").contiguous()}, str(tmp / name))
-        fmt.write_json_atomic(tmp / fmt.ENCODER_META, info)
-        fmt.fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        fmt.fsync_dir(cache_dir)
+        write_json_atomic(tmp / fmt.ENCODER_META, info)
+        publish_dir(tmp, final, replace=True)
     except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, WRITE_ERRORS) or "(os error" in str(e):  # the tokenizers library's I/O errors
@@ -410,14 +389,11 @@ def write_body_files(cache_dir: Path, state: dict[str, torch.Tensor], config: di
     weights, meta = final / fmt.BODY_FILE, final / fmt.BODY_CONFIG
     if weights.is_file() and meta.is_file():
         return
-    tmp = final / f".{fmt.BODY_FILE}.tmp-{os.getpid()}"
     try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp))
-        os.replace(tmp, weights)
-        fmt.write_json_atomic(meta, config)
-        fmt.fsync_tree(final)
+        with atomic_path(weights) as tmp:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp))
+        write_json_atomic(meta, config)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise io_error(f"writing {weights}", e) from None
 
 

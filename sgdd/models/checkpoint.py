@@ -21,22 +21,22 @@ header, a truncated file or an unreadable ``trainer.pt`` are one line too (SgddE
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sgdd.cache.format import file_sha256
-from sgdd.models.body import BodyDecoder
-from sgdd.models.decoder import Decoder
+from sgdd.cache.format import SPECIAL_KEYS
 from sgdd.config import from_dict
-from sgdd.models.decoder import DecoderConfig
 from sgdd.errors import SgddError
+from sgdd.io import file_sha256, publish_dir, temp_name
+from sgdd.models.body import BodyDecoder
+from sgdd.models.decoder import Decoder, DecoderConfig
 
 MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
@@ -89,13 +89,22 @@ def write_failed(what: Path, e: BaseException) -> SgddError:
 WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
 
 
+def special_ids(encoder_info: dict, meta: dict) -> dict[str, int | None]:
+    """The special token ids a run decodes with: the encoder's (encoder.json), overridden by those
+    its checkpoint recorded."""
+    return {**{k: encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
+
+
 def save_model(directory: str | Path, model: Decoder, meta: dict,
-               ema_weights: dict[str, torch.Tensor] | None = None, label: Path | None = None) -> Path:
-    """Write ``model.safetensors`` (+ ``ema.safetensors``) + ``model.json`` (with their sha256s)
-    into ``directory`` atomically (temp dir + rename). A failed write removes the temp dir and
-    raises SgddError naming ``label`` (default ``directory``)."""
+               ema_weights: dict[str, torch.Tensor] | None = None, label: Path | None = None,
+               extra: Callable[[Path], None] | None = None) -> Path:
+    """Write ``model.safetensors`` (+ ``ema.safetensors``) + ``model.json`` (with their sha256s),
+    and whatever ``extra(tmp_dir)`` adds (training's trainer state), into ``directory`` at once: all
+    is written under a temporary name and renamed into place (``io.publish_dir``). A failed write
+    removes the temporary directory and raises SgddError naming ``label`` (default ``directory``);
+    the previous checkpoint stays."""
     directory = Path(directory)
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    tmp = temp_name(directory)
     try:
         tmp.mkdir(parents=True, exist_ok=True)
         files = {MODEL_FILE: _cpu_state(model.state_dict())}
@@ -105,18 +114,12 @@ def save_model(directory: str | Path, model: Decoder, meta: dict,
             save_file(state, str(tmp / name))
         meta = {**meta, FILES_KEY: {name: file_sha256(tmp / name) for name in files}}
         (tmp / MODEL_META).write_text(json.dumps(meta, indent=2))
+        if extra is not None:
+            extra(tmp)
+        publish_dir(tmp, directory, replace=True)
     except WRITE_ERRORS as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_failed(label or directory, e) from None
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
-        os.rename(directory, old)
-        os.rename(tmp, directory)
-        for p in old.iterdir():
-            p.unlink()
-        old.rmdir()
-    else:
-        os.rename(tmp, directory)
     return directory
 
 

@@ -34,6 +34,7 @@ from typing import Callable
 
 import torch
 
+from sgdd.cache.format import IGNORE_INDEX
 from sgdd.config import doc
 from sgdd.errors import SgddError
 
@@ -41,7 +42,6 @@ Fn = Callable[[torch.Tensor], torch.Tensor]
 LOGLINEAR_EPS = 1e-3  # MDLM: alpha(1) = eps, so a fully masked sequence is never the only input
 DEFAULT_KAPPA = 2.0
 DEFAULT_CART_P = 0.3
-IGNORE_INDEX = -100  # a label that is never masked nor scored (e.g. past the end of a window)
 
 
 def _linear(_: float) -> tuple[Fn, Fn]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from sgdd.errors import SgddError
+from sgdd.io import named_sha256
 from sgdd.log import quiet_transformers
 from sgdd.runtime import Precision
 
@@ -120,13 +120,7 @@ def model_kind(resolved: ResolvedModel) -> str:
 
 def hash_files(files: list[Path]) -> str:
     """sha256 over (file name, content) of ``files`` in name order."""
-    h = hashlib.sha256()
-    for p in sorted(files):
-        h.update(p.name.encode() + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-    return h.hexdigest()
+    return named_sha256((p.name, p) for p in sorted(files))
 
 
 def model_fingerprint(name: str, root: Path, model_type: str, gguf_file: str | None = None) -> dict:

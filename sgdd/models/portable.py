@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sgdd.cache import format as fmt
 from sgdd.errors import SgddError
+from sgdd.io import publish_dir, write_json_atomic
 
 ASSETS_DIR = "encoder"
 CACHE_INFO = "cache.json"
@@ -56,10 +57,8 @@ def copy_encoder_files(cache, run_dir: Path) -> Path:
     for p in cache.encoder_dir.iterdir():
         if p.is_file() and p.name not in NOT_COPIED:
             shutil.copy2(p, tmp / p.name)
-    fmt.write_json_atomic(tmp / CACHE_INFO, cache_summary(cache))
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+    write_json_atomic(tmp / CACHE_INFO, cache_summary(cache))
+    publish_dir(tmp, target, replace=True)
     return target
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sgdd.io import write_text_atomic
+
 SAMPLES_SHOWN = 8
 
 
@@ -145,7 +147,5 @@ def write_markdown(report: dict, out: Path, pictures: dict[str, Path | None], tr
     if samples:
         lines += ["## Samples", "", *_samples_table(samples), ""]
     path = out / "report.md"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines))
     return path

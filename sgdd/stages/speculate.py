@@ -31,7 +31,7 @@ import click
 import torch
 
 from sgdd.cache import format as fmt
-from sgdd.cache.format import write_json_atomic
+from sgdd.io import write_json_atomic
 from sgdd.cache.reader import Cache, open_cache
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.speculate import BaseLM, Generation, HeadDrafter, greedy, speculate

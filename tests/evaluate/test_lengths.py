@@ -1,6 +1,5 @@
 """Length at decode: max, predicted (a length head), oracle and beam:N, on fake models and through eval."""
 
-import json
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from sgdd.stages.evaluate import batches, stage
 from sgdd.stages.evaluate.batches import decode_rows
 from sgdd.stages.evaluate.data import EvalData
 from sgdd.runtime import pick_precision
-from tests.helpers_eval import MASK, V, TableModel, perfect_tables
+from tests.helpers_eval import V, TableModel, perfect_tables
 from tests.evaluate.test_evaluate import MAX_LEN, eval_cfg, make_run, read_report
 
 L, PAD, BOS, EOS = 12, 1, 0, 2

@@ -85,8 +85,8 @@ def test_a_kill_between_the_renames_of_a_save_is_repaired(tiny_cache, tmp_path):
     whole = fit(tiny_cfg(tiny_cache, tmp_path / "whole", **over))
     fit(tiny_cfg(tiny_cache, tmp_path / "r", **over), stop_at=2)
     ckpts = tmp_path / "r/checkpoints"
-    # what a kill after `rename(last, .last.old-PID)` and before `rename(staged, last)` leaves
-    shutil.copytree(ckpts / "last", ckpts / ".last.stage-4242")  # the new, complete checkpoint
+    # what a kill after `rename(last, .last.old-PID)` and before `rename(.last.tmp-PID, last)` leaves
+    shutil.copytree(ckpts / "last", ckpts / ".last.tmp-4242")  # the new, complete checkpoint
     os.rename(ckpts / "last", ckpts / ".last.old-4242")
     meta = json.loads((ckpts / ".last.old-4242/model.json").read_text())
     (ckpts / ".last.old-4242/model.json").write_text(json.dumps(meta | {"step": 1}))  # older

@@ -3,7 +3,6 @@ CFG drop, EMA, --init-from, the next-block view (MTP head), --report-to, refusal
 
 import json
 import math
-import shutil
 import sys
 import types
 from pathlib import Path

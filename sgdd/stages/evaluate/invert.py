@@ -22,14 +22,15 @@ from sgdd.decoding.refine import refine, refine_sampling
 from sgdd.decoding.rerank import ReEncoder, cosines_to, rerank
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.trajectory import render_text, trajectory_of
-from sgdd.models.checkpoint import MODEL_META
+from sgdd.models.checkpoint import MODEL_META, special_ids
 from sgdd.models.portable import RunAssets, find_assets
 from sgdd.errors import SgddError
+from sgdd.io import write_json_atomic
 from sgdd.runtime import default_threads, pick_device, pick_precision
 from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.stages.evaluate.data import EvalData, to_texts
 from sgdd.stages.evaluate.batches import candidate_sampling, decode_lengths, decode_rows
-from sgdd.stages.evaluate.resolve import (SPECIAL_KEYS, check_encoder_fit, existing_checkpoint, latest_run,
+from sgdd.stages.evaluate.resolve import (check_encoder_fit, existing_checkpoint, latest_run,
                                           load_checkpoint, training_noise)
 
 
@@ -85,7 +86,7 @@ def invert_texts(model, meta: dict, assets: RunAssets, texts: list[str], cfg: Ev
     reconstruction, its cosine, the forward passes and the trajectory (``_traj``)."""
     if not texts or not all(t.strip() for t in texts):
         raise SgddError("give at least one non-empty text to invert")
-    special = {**{k: assets.encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
+    special = special_ids(assets.encoder_info, meta)
     tokenizer = assets.tokenizer()
 
     # 1. encode, as the cache would have stored the vectors
@@ -188,6 +189,6 @@ def write(out: Path, results: list[dict], sampling: dict, run_dir: str) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     rows = [{k: v for k, v in r.items() if k != "_traj"} for r in results]
-    fmt.write_json_atomic(out / "invert.json", {"run": run_dir, "sampling": sampling, "results": rows})
+    write_json_atomic(out / "invert.json", {"run": run_dir, "sampling": sampling, "results": rows})
     (out / "trajectories.txt").write_text("\n\n".join(f"{r['text']}\n{r['trajectory']}" for r in results) + "\n")
     trajectory_figure([(f"input: {r['text']}"[:110], r["_traj"]) for r in results], out / "trajectory.png")

@@ -4,12 +4,12 @@ table it prints."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import click
 
 from sgdd.decoding.trajectory import render_text, trajectory_of
+from sgdd.io import write_text_atomic
 from sgdd.stages.evaluate.data import EvalData
 from sgdd.stages.evaluate.score import Setting
 
@@ -32,11 +32,7 @@ def sample_rows(data: EvalData, s: Setting) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def trajectories(data: EvalData, s: Setting, tokenizer, special: dict) -> list[tuple[str, object]]:

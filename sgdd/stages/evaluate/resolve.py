@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from sgdd.cache.format import SPECIAL_KEYS
 from sgdd.cache.reader import Cache, CacheSplit
 from sgdd.cache.views import cache_kind
 from sgdd.errors import SgddError
@@ -16,7 +17,6 @@ from sgdd.models.checkpoint import CHECKPOINT_NAMES, MODEL_FILE, checkpoint_dir,
 from sgdd.models.diffusion import Schedule, get_schedule
 
 RUNS_DIR = Path("runs")
-SPECIAL_KEYS = ("pad_id", "mask_id", "bos_id", "eos_id")
 
 
 def checkpoints_of(run_dir: Path) -> list[str]:

@@ -6,7 +6,8 @@ import dataclasses
 import time
 from pathlib import Path
 
-from sgdd.cache.format import write_json_atomic
+from sgdd.io import write_json_atomic
+from sgdd.models.checkpoint import special_ids
 from sgdd.cache.identity import check_identity, encoder_identity
 from sgdd.cache.reader import open_cache
 from sgdd.cache.views import cache_kind
@@ -21,7 +22,7 @@ from sgdd.runtime import default_threads, pick_device, pick_precision, seed_ever
 from sgdd.stages.evaluate.config import EvalConfig
 from sgdd.stages.evaluate.data import TASKS, load_eval_data
 from sgdd.stages.evaluate.report import print_table, write_report_files
-from sgdd.stages.evaluate.resolve import (SPECIAL_KEYS, check_fit, default_split, existing_checkpoint, latest_run,
+from sgdd.stages.evaluate.resolve import (check_fit, default_split, existing_checkpoint, latest_run,
                                           load_checkpoint, training_noise, validation_accuracy)
 from sgdd.stages.evaluate.score import copy_source_floor, evaluate_setting, metrics_for
 from sgdd.stages.evaluate.sweep import expand_sweep
@@ -45,7 +46,7 @@ def run(cfg: EvalConfig) -> Path:
     kind = cache_kind(split)
     for _, setting in grid:
         metrics_for(setting, kind)  # refuse a metric the task cannot feed before decoding
-    special = {**{k: cache.encoder_info.get(k) for k in SPECIAL_KEYS}, **meta.get("special_ids", {})}
+    special = special_ids(cache.encoder_info, meta)
     tokenizer = cache.tokenizer()
     data = load_eval_data(split, model, meta, special, tokenizer, cfg.max_samples, cfg.max_tokens)
     given = meta.get("given", 0) if cfg.given is None else cfg.given  # null: as the run was trained

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from safetensors.torch import load_file
 
+from sgdd.cache.format import LM_HEAD_FILE, SPECIAL_KEYS
 from sgdd.cache.identity import check_identity, encoder_identity
 from sgdd.cache.reader import Cache, CacheSplit, open_cache
 from sgdd.cache.views import check_view, next_block_view, sentence_view, view_for
@@ -16,8 +17,6 @@ from sgdd.errors import SgddError
 from sgdd.log import get_logger
 from sgdd.stages.train.config import TrainConfig
 
-SPECIAL_IDS = ("pad_id", "mask_id", "bos_id", "eos_id")
-LM_HEAD_FILE = "lm_head.safetensors"
 
 log = get_logger("train")
 
@@ -47,11 +46,11 @@ class TrainData:
 def special_ids(info: dict, view: str) -> dict[str, int | None]:
     """Special ids from the cache's encoder.json. The sentence view needs pad/mask/bos/eos (the
     target is a padded sentence); the next-block view only the mask token."""
-    needed = SPECIAL_IDS if view == "sentence" else ("mask_id",)
+    needed = SPECIAL_KEYS if view == "sentence" else ("mask_id",)
     missing = [k for k in needed if info.get(k) is None]
     if missing:
         raise SgddError(f"the cache's encoder.json lacks {', '.join(missing)} (the {view} view needs them)")
-    return {k: None if info.get(k) is None else int(info[k]) for k in SPECIAL_IDS}
+    return {k: None if info.get(k) is None else int(info[k]) for k in SPECIAL_KEYS}
 
 
 def build_view(cfg: TrainConfig, split: CacheSplit, view: str, ids: dict, max_rows: int | None):

@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 from pathlib import Path
 
 import torch
 import yaml
 
-from sgdd.cache import format as fmt
 from sgdd.config import diff_dicts, load_yaml, to_dict
 from sgdd.errors import SgddError
+from sgdd.io import recover_dir, write_text_atomic
 from sgdd.log import get_logger
-from sgdd.models.checkpoint import (BEST, LAST, MODEL_FILE, TRAINER_STATE, WRITE_ERRORS, checkpoint_dir, save_model,
-                                    write_failed)
+from sgdd.models.checkpoint import BEST, LAST, MODEL_FILE, TRAINER_STATE, checkpoint_dir, save_model
 from sgdd.models.decoder import Decoder
 from sgdd.models.ema import EMA
 from sgdd.stages.train.config import TrainConfig
@@ -40,23 +37,9 @@ def run_dir_for(cfg: TrainConfig) -> Path:
 
 
 def recover_checkpoint(directory: Path) -> None:
-    """Repair what a kill in the middle of ``_swap_in`` leaves: when ``directory`` is missing but
-    an old copy was moved aside, the staged copy of the same process is complete (it is renamed
-    only after fsync) and takes its place; otherwise the old copy goes back. Leftovers of
-    earlier saves are removed."""
-    parent = directory.parent
-    if not parent.is_dir():
-        return
-    olds = sorted(parent.glob(f".{directory.name}.old-*"))
-    if not directory.exists():
-        for old in olds:
-            staged = parent / f".{directory.name}.stage-{old.name.rsplit('-', 1)[1]}"
-            os.rename(staged if staged.is_dir() else old, directory)
-            log.info(f"repaired {directory} after an interrupted save")
-            break
-    if directory.exists():
-        for leftover in [*parent.glob(f".{directory.name}.old-*"), *parent.glob(f".{directory.name}.stage-*")]:
-            shutil.rmtree(leftover, ignore_errors=True)
+    """Repair a checkpoint directory that a kill left between the renames of a save."""
+    if recover_dir(directory):
+        log.info(f"repaired {directory} after an interrupted save")
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -89,35 +72,14 @@ def check_config_unchanged(run_dir: Path, cfg: TrainConfig) -> None:
                         f"{', '.join(RESUME_MAY_CHANGE)} may change (start a new run with --init-from to change more)")
 
 
-def _swap_in(staged: Path, target: Path) -> None:
-    """Replace directory ``target`` by ``staged`` (two renames; the old one is removed after)."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        if old.exists():
-            shutil.rmtree(old)
-        os.rename(target, old)
-        os.rename(staged, target)
-        shutil.rmtree(old)
-    else:
-        os.rename(staged, target)
-
-
 def write_checkpoint(directory: Path, model: Decoder, meta: dict, trainer_state: dict | None = None,
                      ema: EMA | None = None) -> Path:
-    """Model (EMA, trainer state) written complete under a temporary name, then renamed into place."""
-    staged = directory.with_name(f".{directory.name}.stage-{os.getpid()}")
-    if staged.exists():
-        shutil.rmtree(staged)
-    save_model(staged, model, meta, None if ema is None else ema.state_dict(), label=directory)
-    try:
-        if trainer_state is not None:
-            torch.save(trainer_state, staged / TRAINER_STATE)
-        fmt.fsync_tree(staged)
-    except WRITE_ERRORS as e:  # a full disk: nothing half-written stays behind
-        shutil.rmtree(staged, ignore_errors=True)
-        raise write_failed(directory, e) from None
-    _swap_in(staged, directory)
-    return directory
+    """Model, EMA and trainer state, written complete under a temporary name and renamed into place."""
+    def add_trainer_state(tmp: Path) -> None:
+        torch.save(trainer_state, tmp / TRAINER_STATE)
+
+    return save_model(directory, model, meta, None if ema is None else ema.state_dict(), label=directory,
+                      extra=None if trainer_state is None else add_trainer_state)
 
 
 def json_safe(row: dict) -> dict:
@@ -159,4 +121,4 @@ def reset_metrics(path: Path, keep_until: int | None) -> None:
 
 def write_config(cfg: TrainConfig, path: Path) -> None:
     """config.yaml, atomically (a kill never leaves half a file for the next resume to read)."""
-    fmt.write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # no temp file stays on failure
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # no temp file stays on failure

@@ -5,9 +5,9 @@ import torch
 
 from sgdd.cache import open_cache
 from sgdd.cache.writer import ShardBuilder
-from sgdd.pipeline.config import CollectConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
-from sgdd.sources.text import clean_text
+from sgdd.stages.collect.sources.text import clean_text
 from sgdd.stages import collect
 from tests.helpers import SENTENCES
 

@@ -8,10 +8,10 @@ import torch
 
 from sgdd.cache import open_cache
 from sgdd.cache import format as fmt
-from sgdd.cache.tools import cache_info, verify_cache
-from sgdd.pipeline.config import CollectConfig
+from sgdd.cache.verify import cache_info, verify_cache
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
-from sgdd.sources.rows import window_starts
+from sgdd.stages.collect.sources.rows import window_starts
 from sgdd.stages import collect
 from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sgdd.cache import open_cache
-from sgdd.pipeline.config import CollectConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.stages import collect
 from tests.helpers import SENTENCES
 

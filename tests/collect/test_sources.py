@@ -5,8 +5,8 @@ import json
 import pytest
 
 from sgdd.errors import SgddError
-from sgdd.sources import get_source
-from sgdd.sources.text import article_sentences, clean_text, split_sentences
+from sgdd.stages.collect.sources import get_source
+from sgdd.stages.collect.sources.text import article_sentences, clean_text, split_sentences
 
 
 def test_split_sentences_respects_abbreviations_and_initials():

@@ -13,7 +13,7 @@ import sgdd
 from sgdd.cache import open_cache
 from sgdd.cache.hf import zarr_values
 from sgdd.cli import cli
-from sgdd.pipeline.config import CollectConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
 from sgdd.stages import collect
 from tests.helpers import SENTENCES, build_cache

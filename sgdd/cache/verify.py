@@ -1,4 +1,5 @@
-"""`sgdd cache info` and `sgdd cache verify`."""
+"""Check a cache and describe it: `sgdd cache verify` (every shard's checksum, rows and shapes)
+and `sgdd cache info`."""
 
 from __future__ import annotations
 

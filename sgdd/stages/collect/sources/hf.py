@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Iterator
 
 from sgdd.errors import SgddError
-from sgdd.sources import Record, Source, count
-from sgdd.cache.format import file_sha256
-from sgdd.sources.local import as_text
-from sgdd.sources.text import article_lines, clean_text
+from sgdd.offline import hub_reachable
+from sgdd.stages.collect.sources.base import Record, Source, count
+from sgdd.io import file_sha256
+from sgdd.stages.collect.sources.local import as_text
+from sgdd.stages.collect.sources.text import article_lines, clean_text
 
 PACKAGED_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 
@@ -49,8 +50,6 @@ def hf_source(spec: str, data_dir: str | None, text_field: str = "text", source_
         raise SgddError("--dataset hf: needs a name: hf:NAME[:CONFIG] (a Hub id or a local dataset directory)")
     local = _is_local(name, data_dir)
     if not local:
-        from sgdd.offline import hub_reachable
-
         if not hub_reachable():
             raise SgddError(f"cannot reach the Hugging Face Hub to stream {name!r}; pass hf:DIR with a local "
                             "dataset directory, or a local .jsonl/.csv/.parquet file as --dataset")

@@ -12,12 +12,12 @@ import torch
 
 from sgdd.cache import open_cache
 from sgdd.cache.writer import ShardBuilder
-from sgdd.pipeline.config import CollectConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.stages import collect
 from tests.helpers import SENTENCES
 from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def torchrun(argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from sgdd.errors import SgddError
-from sgdd.sources import Record, Source, count
-from sgdd.cache.format import file_sha256
-from sgdd.sources.text import clean_text
+from sgdd.offline import hub_reachable
+from sgdd.stages.collect.sources.base import Record, Source, count
+from sgdd.io import file_sha256
+from sgdd.stages.collect.sources.text import clean_text
 
 GLUE_HUB = "nyu-mll/glue"
 SPLIT_SUFFIXES = (".jsonl", ".parquet")
@@ -132,8 +133,6 @@ def pair_dataset(name: str, records: Callable, hub_config: str | None, data_dir:
             return records(_rows_local(files[split], stats), split, stats)
 
         return Source(name, tuple(files), fingerprint, read, kind="pairs")
-    from sgdd.offline import hub_reachable
-
     if hub_config is None:
         raise SgddError(f"{name} has no Hugging Face copy to stream; pass --data-dir DIR holding <split>.jsonl "
                         f"(for example ../shared/data/{name})")

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from sgdd.cache.format import file_sha256
+from sgdd.io import file_sha256
 from sgdd.errors import SgddError
-from sgdd.sources import LOCAL_SUFFIXES, Record, Source, count
-from sgdd.sources.text import article_lines, clean_text
+from sgdd.stages.collect.sources.base import LOCAL_SUFFIXES, Record, Source, count
+from sgdd.stages.collect.sources.text import article_lines, clean_text
 
 
 def as_text(value, stats: dict) -> str | None:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sgdd.cache import open_cache
-from sgdd.pipeline.config import CollectConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
 from sgdd.stages import collect
 

@@ -4,14 +4,14 @@ documents for a causal LM."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Iterator
 
 from sgdd.errors import SgddError
-from sgdd.sources import Record, Source, count
-from sgdd.cache.format import file_sha256
-from sgdd.sources.text import article_lines, article_sentences
+from sgdd.offline import hub_reachable
+from sgdd.stages.collect.sources.base import Record, Source, count
+from sgdd.io import bytes_sha256, file_sha256
+from sgdd.stages.collect.sources.text import article_lines, article_sentences
 
 WIKI_HUB = ("wikimedia/wikipedia", "20231101.en")
 WIKI_SPLITS = ("train", "validation", "test")
@@ -27,7 +27,7 @@ def _articles_local(data_dir: Path, split: str) -> Iterator[dict]:
 
 def wiki_split_of(article_id: str) -> str:
     """The Hub dataset has only a train split: hold out articles by a hash of their id."""
-    bucket = int(hashlib.sha256(article_id.encode()).hexdigest()[:8], 16) % 1000
+    bucket = int(bytes_sha256(article_id.encode())[:8], 16) % 1000
     return "validation" if bucket < 5 else "test" if bucket < 10 else "train"
 
 
@@ -50,8 +50,6 @@ def wiki_source(data_dir: str | None) -> Source:
         fingerprint = {"kind": "wiki-parquet", "files": {s: file_sha256(root / f"{s}.parquet") for s in splits}}
         articles = lambda split: _articles_local(root, split)  # noqa: E731
     else:
-        from sgdd.offline import hub_reachable
-
         if not hub_reachable():
             raise SgddError(f"cannot reach the Hugging Face Hub to stream {WIKI_HUB[0]}; pass --data-dir DIR "
                             "holding {train,validation,test}.parquet (for example ../shared/data/wiki)")

@@ -5,7 +5,7 @@ import torch
 
 from sgdd.cache import open_cache
 from sgdd.cache.views import next_block_view, sentence_view, view_for
-from sgdd.models.diffusion import IGNORE_INDEX
+from sgdd.cache.format import IGNORE_INDEX
 from sgdd.errors import SgddError
 from tests.helpers_views import build_windows_cache
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from sgdd.errors import SgddError
-from sgdd.sources import get_source
-from sgdd.sources.dedup import SeenHashes
+from sgdd.stages.collect.sources import get_source
+from sgdd.stages.collect.sources.dedup import SeenHashes
 
 
 def write_jsonl(path, rows):
@@ -90,7 +90,7 @@ def test_real_pair_datasets(shared_data):
 
 
 def test_paraphrase_mix_splits_qqp_and_keeps_test_pairs_out_of_training(tmp_path, monkeypatch):
-    from sgdd.sources import pairs as pair_sources
+    from sgdd.stages.collect.sources import pairs as pair_sources
 
     monkeypatch.setattr(pair_sources, "QQP_TRAIN_PAIRS", 2)
     monkeypatch.setattr(pair_sources, "QQP_VALIDATION_PAIRS", 1)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Iterator
 
-from sgdd.sources import Record, count
-from sgdd.sources.dedup import SeenHashes, hash64
-from sgdd.sources.text import has_control_chars
+from sgdd.stages.collect.sources.base import Record, count
+from sgdd.stages.collect.sources.dedup import SeenHashes, hash64
+from sgdd.stages.collect.sources.text import has_control_chars
 
 TOKENIZE_CHUNK = 1024  # records tokenized per call (fast tokenizers batch in Rust)
 DOCUMENT_CHUNK = 16  # documents per chunk in windows mode (the unit of --generate)

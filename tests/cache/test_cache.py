@@ -9,9 +9,9 @@ import torch
 from sgdd.cache import SplitWriter, open_cache
 from sgdd.cache import format as fmt
 from sgdd.cache.reader import CacheSplit
-from sgdd.cache.tools import cache_info, verify_cache
+from sgdd.cache.verify import cache_info, verify_cache
 from sgdd.errors import SgddError
-from tests.helpers import build_cache
+from tests.helpers import build_cache, write_shard
 
 
 def rows(start, n):
@@ -25,8 +25,8 @@ def test_round_trip_is_exact_in_stored_dtype(tmp_path, dtype):
     vec = torch.randn(10, 6)
     hid = torch.randn(10, 5, 3)
     with SplitWriter(tmp_path / "train", {"a": 1}, {"vectors": ((6,), dtype), "hidden": ((5, 3), dtype)}) as w:
-        w.write_shard(rows(0, 4), {"vectors": vec[:4], "hidden": hid[:4]})
-        w.write_shard(rows(4, 6), {"vectors": vec[4:], "hidden": hid[4:]})
+        write_shard(w, rows(0, 4), {"vectors": vec[:4], "hidden": hid[:4]})
+        write_shard(w, rows(4, 6), {"vectors": vec[4:], "hidden": hid[4:]})
         w.finalize()
     split = CacheSplit(tmp_path / "train")
     torch_dtype = fmt.STORED_DTYPES[dtype][1]
@@ -42,7 +42,7 @@ def test_rows_read_by_datasets_from_file(tmp_path):
     """The rows file is the Arrow stream format that `datasets.Dataset.from_file` reads."""
     datasets = pytest.importorskip("datasets")
     with SplitWriter(tmp_path / "s", {}, {"vectors": ((2,), "fp32")}) as w:
-        w.write_shard(rows(0, 3), {"vectors": torch.zeros(3, 2)})
+        write_shard(w, rows(0, 3), {"vectors": torch.zeros(3, 2)})
         w.finalize()
     ds = datasets.Dataset.from_file(str(tmp_path / "s" / "shard-00000" / fmt.ROWS_FILE))
     assert ds["text"] == ["text 0", "text 1", "text 2"]
@@ -51,7 +51,7 @@ def test_rows_read_by_datasets_from_file(tmp_path):
 def test_manifest_lists_only_committed_shards(tmp_path):
     d = tmp_path / "train"
     with SplitWriter(d, {"a": 1}, {"vectors": ((2,), "fp32")}) as w:
-        w.write_shard(rows(0, 3), {"vectors": torch.zeros(3, 2)})
+        write_shard(w, rows(0, 3), {"vectors": torch.zeros(3, 2)})
         with pytest.raises(SgddError):
             CacheSplit(d)  # no manifest yet: the split does not exist for readers
         (d / ".shard-00001.tmp-99").mkdir()  # a half-written shard of a crashed writer
@@ -64,12 +64,12 @@ def test_manifest_lists_only_committed_shards(tmp_path):
 def test_resume_keeps_committed_shards_and_drops_partial_ones(tmp_path):
     d = tmp_path / "train"
     with SplitWriter(d, {"a": 1}, {"vectors": ((2,), "fp32")}) as w:
-        w.write_shard(rows(0, 3), {"vectors": torch.ones(3, 2)})
+        write_shard(w, rows(0, 3), {"vectors": torch.ones(3, 2)})
     (d / ".shard-00001.tmp-12345").mkdir()
     with SplitWriter(d, {"a": 1}, {"vectors": ((2,), "fp32")}) as w:
         assert w.committed_rows == 3 and not w.complete
         assert not (d / ".shard-00001.tmp-12345").exists()
-        w.write_shard(rows(3, 2), {"vectors": torch.ones(2, 2)})
+        write_shard(w, rows(3, 2), {"vectors": torch.ones(2, 2)})
         w.finalize()
     assert CacheSplit(d).column("id") == [f"r{i}" for i in range(5)]
 
@@ -77,7 +77,7 @@ def test_resume_keeps_committed_shards_and_drops_partial_ones(tmp_path):
 def test_other_settings_are_refused_with_the_differences(tmp_path):
     d = tmp_path / "train"
     with SplitWriter(d, {"model": "a", "dtype": "fp16"}, {"vectors": ((2,), "fp32")}) as w:
-        w.write_shard(rows(0, 1), {"vectors": torch.zeros(1, 2)})
+        write_shard(w, rows(0, 1), {"vectors": torch.zeros(1, 2)})
     with pytest.raises(SgddError, match=r"dtype: 'fp16' -> 'fp32'.*--overwrite"):
         SplitWriter(d, {"model": "a", "dtype": "fp32"}, {"vectors": ((2,), "fp32")})
     with SplitWriter(d, {"model": "a", "dtype": "fp32"}, {"vectors": ((2,), "fp32")}, overwrite=True) as w:

@@ -1,26 +1,16 @@
-"""Typed configs: nested dataclasses <-> YAML with strict keys and dotted CLI overrides.
-
-Every field carries its documentation in a ``metadata={"help": ...}`` entry so that
-``--help`` texts, YAML files and error messages speak of the same thing.
-"""
+"""Stage 1's config: ``CollectConfig`` (the ``collect`` section of a `sgdd run` file) and the
+stored dtypes it accepts."""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 from sgdd.config import PRECISIONS, doc
-from sgdd.stages.evaluate.config import EvalConfig
-from sgdd.stages.train.config import TrainConfig
-
 
 DTYPES = ("bf16", "fp16", "fp32")
 
 
-# --------------------------------------------------------------------------------------------
-# Stage 1
-# --------------------------------------------------------------------------------------------
 @dataclass
 class CollectConfig:
     RUN_SECTION: ClassVar[str] = "collect"  # its section of a `sgdd run` file
@@ -90,19 +80,4 @@ class CollectConfig:
             p.append("source_field and target_field go together (paraphrase pairs); give both or neither")
         if self.gguf_file is not None and not self.gguf_file.endswith(".gguf"):
             p.append(f"gguf_file must name a .gguf file, got {self.gguf_file!r}")
-        return p
-
-
-
-@dataclass
-class RunConfig:
-    """`sgdd run`: the three stages from one file."""
-
-    collect: CollectConfig = field(default_factory=CollectConfig, metadata={"help": "Stage 1."})
-    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Stage 2."})
-    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Stage 3."})
-
-    def problems(self) -> list[str]:
-        """Every problem of this config, one short sentence each."""
-        p = self.collect.problems() + self.train.problems() + self.eval.problems()
         return p

@@ -12,6 +12,7 @@ from sgdd.cache import format as fmt
 from sgdd.cache.reader import CacheSplit, DirectChunks
 from sgdd.cache.writer import SplitWriter
 from sgdd.errors import SgddError
+from tests.helpers import write_shard
 
 N, S, H = 23, 100, 8
 
@@ -28,8 +29,8 @@ def small_blocks(monkeypatch):
 
 def write(path, dtype, hidden):
     with SplitWriter(path, {}, {"hidden": ((S, H), dtype)}) as w:
-        w.write_shard(rows(0, 17), {"hidden": hidden[:17]})
-        w.write_shard(rows(17, N), {"hidden": hidden[17:]})
+        write_shard(w, rows(0, 17), {"hidden": hidden[:17]})
+        write_shard(w, rows(17, N), {"hidden": hidden[17:]})
         w.finalize()
     return CacheSplit(path)
 

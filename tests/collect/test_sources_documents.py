@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sgdd.errors import SgddError
-from sgdd.sources import get_source
+from sgdd.stages.collect.sources import get_source
 
 
 def test_local_and_hf_documents_keep_line_breaks(tmp_path):

@@ -18,12 +18,13 @@ from sgdd.cache import format as fmt
 from sgdd.cache import open_cache
 from sgdd.cache.writer import DirLock
 from sgdd.cli import cli
-from sgdd.pipeline.config import CollectConfig
+from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
 from sgdd.stages import collect
+from sgdd.stages.collect.loop import check_committed
 from tests.helpers import SENTENCES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # The child: `sgdd collect` with one moment at which it SIGKILLs itself (a real kill -9, placed
 # exactly), and a short pause after each committed shard so that an outside kill lands mid-run.
@@ -256,5 +257,5 @@ def test_a_committed_shard_with_other_rows_is_refused(tiny_encoder_dir, corpus, 
     meta = {"path": "shard-00000", "rows": 3, "first_id": "a", "last_id": "c"}
     rows = [{"id": "a"}, {"id": "b"}, {"id": "x"}]
     with pytest.raises(SgddError, match="holds other rows than the source gives now"):
-        collect.check_committed(meta, rows, tmp_path)
-    collect.check_committed(meta, [{"id": "a"}, {"id": "b"}, {"id": "c"}], tmp_path)
+        check_committed(meta, rows, tmp_path)
+    check_committed(meta, [{"id": "a"}, {"id": "b"}, {"id": "c"}], tmp_path)
