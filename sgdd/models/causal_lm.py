@@ -13,13 +13,10 @@ count from the end of that list.
 
 from __future__ import annotations
 
-import pickle
-
 import torch
 
-from sgdd.models.encoder import ResolvedModel, hub_root, model_fingerprint, resolve_model
 from sgdd.errors import SgddError
-from sgdd.log import quiet_transformers
+from sgdd.models.encoder import ResolvedModel, hub_root, loading, model_fingerprint, resolve_model
 from sgdd.runtime import Precision
 
 LOGIT_ROWS = 1024  # positions per LM-head matmul when taking the argmax (bounds the [P, V] logits: 0.1 GB in bf16 at V = 49k)
@@ -34,18 +31,9 @@ class FrozenCausalLM:
         self.name, self.device, self.precision = name, device, precision
         self.resolved: ResolvedModel = resolve_model(name, gguf_file)
         kw = {"gguf_file": self.resolved.gguf_file} if self.resolved.gguf_file else {}
-        try:
-            with quiet_transformers():  # its load warnings only with -v; its global settings are restored
-                self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.where, **kw)
-                self.model = AutoModelForCausalLM.from_pretrained(self.resolved.where, dtype=torch.float32, **kw)
-        except ImportError as e:
-            raise SgddError(f"cannot load model {name!r}: {str(e).splitlines()[0]} "
-                            "(GGUF files need `pip install gguf accelerate`)") from None
-        except pickle.UnpicklingError:
-            raise SgddError(f"cannot load model {name!r}: its pickled weights hold objects other than tensors; "
-                            "sgdd never unpickles those (convert the model to safetensors)") from None
-        except (OSError, ValueError, KeyError) as e:
-            raise SgddError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+        with loading(name, " (GGUF files need `pip install gguf accelerate`)"):
+            self.tokenizer = AutoTokenizer.from_pretrained(self.resolved.where, **kw)
+            self.model = AutoModelForCausalLM.from_pretrained(self.resolved.where, dtype=torch.float32, **kw)
         self.model.eval().requires_grad_(False).to(device)
         self.base = self.model.base_model  # the transformer without its LM head
         self.head = self.model.get_output_embeddings()

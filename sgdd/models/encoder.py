@@ -3,13 +3,14 @@ fingerprints, pooling. Only Stage 1 imports this module."""
 
 from __future__ import annotations
 
-import pickle
-
+import contextlib
 import importlib
 import importlib.util
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -17,6 +18,23 @@ from sgdd.errors import SgddError
 from sgdd.io import named_sha256
 from sgdd.log import quiet_transformers
 from sgdd.runtime import Precision
+
+
+@contextlib.contextmanager
+def loading(name: str, missing_package_hint: str = "") -> Iterator[None]:
+    """Load a Hugging Face model and tokenizer inside this block: transformers' load warnings only
+    with -v (its global settings restored), and every load failure one line naming the model."""
+    try:
+        with quiet_transformers():
+            yield
+    except ImportError as e:
+        raise SgddError(f"cannot load model {name!r}: {str(e).splitlines()[0]}{missing_package_hint}") from None
+    except pickle.UnpicklingError:
+        raise SgddError(f"cannot load model {name!r}: its pickled weights hold objects other than tensors; "
+                        "sgdd never unpickles those (convert the model to safetensors)") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise SgddError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+
 
 @dataclass(frozen=True)
 class Packaged:
@@ -157,15 +175,9 @@ class FrozenEncoder:
         self.name, self.device, self.precision, self.pooling = name, device, precision, pooling
         self.resolved = resolve_model(name)
         where = self.resolved.where
-        try:
-            with quiet_transformers():  # its load warnings only with -v; its global settings are restored
-                self.tokenizer = AutoTokenizer.from_pretrained(where)
-                self.model = AutoModel.from_pretrained(where)
-        except pickle.UnpicklingError:
-            raise SgddError(f"cannot load model {name!r}: its pickled weights hold objects other than tensors; "
-                            "sgdd never unpickles those (convert the model to safetensors)") from None
-        except (OSError, ValueError, KeyError) as e:
-            raise SgddError(f"cannot load model {name!r}: {str(e).splitlines()[0]}") from None
+        with loading(name):
+            self.tokenizer = AutoTokenizer.from_pretrained(where)
+            self.model = AutoModel.from_pretrained(where)
         self.model.eval().requires_grad_(False).to(device)
         if self.tokenizer.pad_token_id is None:
             raise SgddError(f"tokenizer of {name!r} has no padding token")
