@@ -20,6 +20,34 @@ from sgdd.errors import SgddError
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+@dataclass
+class Ranks:
+    """This process's place among the processes ``torchrun`` started (RANK, WORLD_SIZE, LOCAL_RANK,
+    LOCAL_WORLD_SIZE); without torchrun, rank 0 of 1."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def launched_ranks() -> Ranks:
+    """The ranks torchrun set in the environment (rank 0 of 1 without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    return Ranks(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                 local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,7 +170,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_threads() -> None:
-    """Use every core for intra-op work unless the user set OMP_NUM_THREADS."""
+def rank_device(name: str, ranks: Ranks) -> torch.device:
+    """The device ``name`` asks for (:func:`pick_device`); under torchrun on GPUs each process
+    takes the GPU of its local rank."""
+    device = pick_device(name)
+    if device.type == "cuda" and ranks.distributed and device.index is None:
+        device = torch.device("cuda", ranks.local_rank % max(1, torch.cuda.device_count()))
+        torch.cuda.set_device(device)
+    return device
+
+
+def default_threads(ranks: Ranks | None = None) -> None:
+    """Share the machine's cores for intra-op work between the processes torchrun started on it
+    (all of them for a single process), unless the user set OMP_NUM_THREADS."""
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+        local = ranks.local_world if ranks is not None else 1
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))

@@ -26,10 +26,10 @@ from sgdd.config import to_dict
 from sgdd.errors import SgddError
 from sgdd.io import write_text_atomic
 from sgdd.log import get_logger, progress
-from sgdd.runtime import default_threads, pick_device, pick_precision
+from sgdd.runtime import default_threads, pick_precision, rank_device
 from sgdd.stages.collect.config import CollectConfig
 from sgdd.stages.collect.modes import load_mode
-from sgdd.stages.collect.ranks import Ranks, init_ranks, rank_device, rank_threads
+from sgdd.stages.collect.ranks import CollectRanks, init_ranks
 from sgdd.stages.collect.sources import get_source
 
 
@@ -55,12 +55,12 @@ def check_committed(meta: dict, rows: list[dict], split_dir: Path) -> None:
                         "the source changed: pass --overwrite")
 
 
-def log(ranks: Ranks, message: str) -> None:
+def log(ranks: CollectRanks, message: str) -> None:
     if ranks.is_main:
         get_logger("collect").info(message)
 
 
-def write_shards(mode, writer: SplitWriter, rows: Iterator[dict], cap: int | None, ranks: Ranks) -> tuple[int, int]:
+def write_shards(mode, writer: SplitWriter, rows: Iterator[dict], cap: int | None, ranks: CollectRanks) -> tuple[int, int]:
     """Cut ``rows`` into shards; commit the ones this rank owns and no earlier run committed.
     -> (number of shards of the split, rows this rank encoded)."""
     index = first = encoded = 0
@@ -83,7 +83,7 @@ def write_shards(mode, writer: SplitWriter, rows: Iterator[dict], cap: int | Non
     return index, encoded
 
 
-def collect_split(mode, split: str, cap: int | None, out: Path, settings: dict, ranks: Ranks) -> dict:
+def collect_split(mode, split: str, cap: int | None, out: Path, settings: dict, ranks: CollectRanks) -> dict:
     cfg = mode.cfg
     split_dir = out / split
     split_settings = {**settings, "split": split, "max_rows": cap}
@@ -183,10 +183,8 @@ def run(cfg: CollectConfig) -> Path:
         ranks.close()
 
 
-def _collect(cfg: CollectConfig, ranks: Ranks) -> Path:
-    default_threads()
-    if ranks.world > 1:
-        rank_threads(ranks)
+def _collect(cfg: CollectConfig, ranks: CollectRanks) -> Path:
+    default_threads(ranks)
     source = get_source(cfg.dataset, cfg.data_dir, cfg.text_field, cfg.source_field, cfg.target_field)
     specs = [parse_split(s, cfg.max_samples) for s in cfg.splits or source.splits]
     for name, _ in specs:
@@ -195,7 +193,7 @@ def _collect(cfg: CollectConfig, ranks: Ranks) -> Path:
     out = Path(cfg.out or Path("cache") / source.name)
     if out.exists() and not out.is_dir():
         raise SgddError(f"output path {out} exists and is not a directory")
-    device = rank_device(pick_device(cfg.device), ranks)
+    device = rank_device(cfg.device, ranks)
     precision = pick_precision(cfg.precision, device)
     log(ranks, f"encoder on {device}, {precision.describe()}")
     mode = load_mode(cfg, source, device, precision)

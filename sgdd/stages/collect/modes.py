@@ -24,7 +24,7 @@ from sgdd.errors import SgddError
 from sgdd.io import write_json_atomic
 from sgdd.runtime import Precision
 from sgdd.stages.collect.config import CollectConfig
-from sgdd.stages.collect.ranks import BARRIER_TIMEOUT, Ranks
+from sgdd.stages.collect.ranks import BARRIER_TIMEOUT, CollectRanks
 from sgdd.stages.collect.sources.base import Source, count
 from sgdd.stages.collect.sources.rows import document_chunks, pair_rows, sentence_rows, window_rows
 
@@ -82,7 +82,7 @@ class SentenceMode:
         """The encoder's weights and Hugging Face config (a decoder body can start from them)."""
         return self.model.model.state_dict(), self.model.model.config.to_dict()
 
-    def rows(self, split: str, stats: dict, split_dir: Path, ranks: Ranks) -> Iterator[dict]:
+    def rows(self, split: str, stats: dict, split_dir: Path, ranks: CollectRanks) -> Iterator[dict]:
         return sentence_rows(self.source.records(split, stats), self.model.tokenizer, self.cfg, stats)
 
     def encode(self, rows: list[dict], shard: ShardBuilder) -> dict[str, list]:
@@ -110,7 +110,7 @@ class PairMode(SentenceMode):
     kind = "pairs"
     ids_key = "source_ids"
 
-    def rows(self, split: str, stats: dict, split_dir: Path, ranks: Ranks) -> Iterator[dict]:
+    def rows(self, split: str, stats: dict, split_dir: Path, ranks: CollectRanks) -> Iterator[dict]:
         return pair_rows(self.source.records(split, stats), self.model.tokenizer, self.cfg, stats)
 
 
@@ -157,7 +157,7 @@ class WindowMode:
     def body(self) -> None:
         return None  # a causal LM's body is not a bidirectional decoder body
 
-    def rows(self, split: str, stats: dict, split_dir: Path, ranks: Ranks) -> Iterator[dict]:
+    def rows(self, split: str, stats: dict, split_dir: Path, ranks: CollectRanks) -> Iterator[dict]:
         chunks = document_chunks(self.source.documents(split, stats), self.model.tokenizer, stats)
         extend = Continuations(self, split_dir, ranks, stats) if self.cfg.generate else None
         return window_rows(chunks, self.model.tokenizer, self.cfg, stats, extend)
@@ -184,7 +184,7 @@ class Continuations:
     c % world, and kept in ``<split>/generated/`` until the split is complete, so neither a
     resumed collect nor the other ranks generate it again."""
 
-    def __init__(self, mode: WindowMode, split_dir: Path, ranks: Ranks, stats: dict):
+    def __init__(self, mode: WindowMode, split_dir: Path, ranks: CollectRanks, stats: dict):
         self.mode, self.dir, self.ranks, self.stats = mode, split_dir / fmt.GENERATED_DIR, ranks, stats
 
     def __call__(self, c: int, prompts: list[list[int]]) -> list[list[int]]:

@@ -8,7 +8,7 @@ device the models run on.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, TypeVar
@@ -16,6 +16,7 @@ from typing import Any, Callable, TypeVar
 import torch
 
 from sgdd.errors import SgddError
+from sgdd.runtime import Ranks, launched_ranks
 
 T = TypeVar("T")
 # A rank waits at a barrier for the slowest one (at most about one shard of work); a rank that
@@ -24,16 +25,10 @@ BARRIER_TIMEOUT = timedelta(hours=12)
 
 
 @dataclass
-class Ranks:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    local_world: int = 1
-    started_group: bool = False
+class CollectRanks(Ranks):
+    """The ranks of a collect job, with the few collective steps it needs."""
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+    started_group: bool = False
 
     def owns(self, index: int) -> bool:
         """Shards (and generation chunks) are dealt round-robin: index i goes to rank i % world."""
@@ -86,27 +81,10 @@ class Ranks:
             self.started_group = False
 
 
-def init_ranks() -> Ranks:
+def init_ranks() -> CollectRanks:
     """The ranks torchrun started (a gloo process group), or a single rank 0."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Ranks()
-    ranks = Ranks(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                  local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if not torch.distributed.is_initialized():
+    ranks = CollectRanks(**dataclasses.asdict(launched_ranks()))
+    if ranks.distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
         ranks.started_group = True
     return ranks
-
-
-def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
-    """Under torchrun each rank uses the GPU of its local rank."""
-    if device.type == "cuda" and ranks.world > 1 and device.index is None:
-        return torch.device("cuda", ranks.local_rank % max(1, torch.cuda.device_count()))
-    return device
-
-
-def rank_threads(ranks: Ranks) -> None:
-    """Split the CPU cores between the ranks of one machine (unless OMP_NUM_THREADS says)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, ranks.local_world)))

@@ -18,46 +18,23 @@ Rank 0 alone writes the run directory (config, metrics, checkpoints, trackers).
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+from sgdd.runtime import Ranks, launched_ranks
 
 
-def launched_world() -> int:
-    """Processes started by torchrun (1 when not launched by it)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def init_distributed(device: torch.device) -> DistInfo:
+def init_distributed(device: torch.device) -> Ranks:
     """Join the process group torchrun set up (once per process); single process: a no-op."""
-    world = launched_world()
-    if world == 1:
-        return DistInfo()
-    if not dist.is_initialized():
+    ranks = launched_ranks()
+    if ranks.distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return ranks
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+def shutdown(info: Ranks) -> None:
+    if info.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 
@@ -68,14 +45,14 @@ def shard(n: int, rank: int, world: int) -> slice:
     return slice(start, start + base + (1 if rank < extra else 0))
 
 
-def barrier(info: DistInfo) -> None:
-    if info.enabled:
+def barrier(info: Ranks) -> None:
+    if info.distributed:
         dist.barrier()
 
 
-def all_reduce_sum(info: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(info: Ranks, tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks, in place (single process: unchanged)."""
-    if info.enabled:
+    if info.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
@@ -91,18 +68,18 @@ class DataParallel(nn.parallel.DistributedDataParallel):
             return getattr(self.module, name)
 
 
-def wrap(info: DistInfo, model: nn.Module, device: torch.device) -> nn.Module | None:
+def wrap(info: Ranks, model: nn.Module, device: torch.device) -> nn.Module | None:
     """``model`` in DistributedDataParallel (its weights become rank 0's at construction);
     None in a single process. Buffers (RoPE tables) are identical everywhere and not broadcast."""
-    if not info.enabled:
+    if not info.distributed:
         return None
     ids = [device.index] if device.type == "cuda" else None
     return DataParallel(model, device_ids=ids, broadcast_buffers=False)
 
 
-def gather_objects(info: DistInfo, obj) -> list:
+def gather_objects(info: Ranks, obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] in a single process)."""
-    if not info.enabled:
+    if not info.distributed:
         return [obj]
     out: list = [None] * info.world
     dist.all_gather_object(out, obj)

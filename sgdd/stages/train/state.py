@@ -17,11 +17,10 @@ from sgdd.models.checkpoint import (BEST, LAST, TRAINER_STATE, checkpoint_dir, d
                                     load_model, load_trainer_state)
 from sgdd.models.decoder import Decoder
 from sgdd.models.ema import EMA
-from sgdd.runtime import Precision
+from sgdd.runtime import Precision, Ranks
 from sgdd.stages.train import distributed as ddp
 from sgdd.stages.train.config import TrainConfig
 from sgdd.stages.train.data import TrainData
-from sgdd.stages.train.distributed import DistInfo
 from sgdd.stages.train.optim import Clock, build_optimizer
 from sgdd.stages.train.samplers import EpochSampler, make_sampler
 
@@ -40,7 +39,7 @@ class TrainState:
     sampler: EpochSampler
     noise_rng: torch.Generator
     ema: EMA | None = None
-    dist: DistInfo = field(default_factory=DistInfo)
+    dist: Ranks = field(default_factory=Ranks)
     clock: Clock = field(default_factory=Clock)
     step: int = 0
     best_val: float = math.inf
@@ -48,7 +47,7 @@ class TrainState:
 
 
 def new_state(model: Decoder, cfg: TrainConfig, data: TrainData, prec: Precision, device: torch.device,
-              dist: DistInfo = DistInfo()) -> TrainState:
+              dist: Ranks = Ranks()) -> TrainState:
     clock = Clock(None if cfg.optim.max_minutes is None else 60.0 * cfg.optim.max_minutes)
     optimizer, scheduler = build_optimizer(model, cfg.optim, clock)
     return TrainState(
@@ -129,7 +128,7 @@ def restore(state: TrainState, run_dir: Path) -> None:
     state.clock.spent_s = float(ts.get("train_seconds", 0.0))
 
 
-def restore_rng(ts: dict, dist: DistInfo) -> None:
+def restore_rng(ts: dict, dist: Ranks) -> None:
     """This rank's torch (and CUDA) RNG state from the checkpoint."""
     mine = ts["rng_per_rank"][dist.rank]
     torch.set_rng_state(mine["torch"])

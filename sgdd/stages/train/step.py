@@ -12,10 +12,9 @@ import torch
 
 from sgdd.models.decoder import Decoder
 from sgdd.models.diffusion import sample_noise
-from sgdd.runtime import Precision
+from sgdd.runtime import Precision, Ranks
 from sgdd.stages.train import distributed as ddp
 from sgdd.stages.train.config import TrainConfig
-from sgdd.stages.train.distributed import DistInfo
 from sgdd.stages.train.loss import StepNoise, draw_noise, masked_diffusion_loss
 from sgdd.stages.train.samplers import validation_batches
 from sgdd.stages.train.state import TrainState
@@ -95,7 +94,7 @@ def train_step(state: TrainState, view, cfg: TrainConfig, prec: Precision, devic
 
 @torch.no_grad()
 def validation_loss(model: Decoder, view, cfg: TrainConfig, prec: Precision, device: torch.device,
-             dist: DistInfo = DistInfo()) -> dict:
+             dist: Ranks = Ranks()) -> dict:
     """The training loss on the first ``eval_batches`` micro-batches of ``view``, with the condition
     always kept and noise from a generator seeded by ``cfg.seed`` (the same at every validation).
     Under torchrun each rank scores its share of every batch and the sums are added."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from sgdd.log import get_logger, progress
 from sgdd.models.checkpoint import BEST, LAST, MODEL_FILE, checkpoint_dir, model_meta, read_meta
 from sgdd.models.decoder import Decoder
 from sgdd.models.portable import copy_encoder_files
-from sgdd.runtime import default_threads, pick_device, pick_precision
+from sgdd.runtime import default_threads, launched_ranks, pick_precision, rank_device
 from sgdd.stages.train import distributed as ddp
 from sgdd.stages.train.config import TrainConfig
 from sgdd.stages.train.data import check_cache_fits, load_data
@@ -87,21 +86,12 @@ class TrainResult:
     metrics: list[dict] = field(default_factory=list)
 
 
-def pick_train_device(cfg: TrainConfig) -> torch.device:
-    """cfg.device; under torchrun on GPUs each process takes the GPU of its local rank."""
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and ddp.launched_world() > 1 and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return device
-
-
 class Trainer:
     """One training run: the loop and what it does every log_every / eval_every / save_every steps."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.device = pick_train_device(cfg)
+        self.device = rank_device(cfg.device, launched_ranks())
         self.dist = ddp.init_distributed(self.device)
         self.run_dir = run_dir_for(cfg)
         if self.dist.is_main:
@@ -289,5 +279,5 @@ def fit(cfg: TrainConfig, stop_at: int | None = None) -> TrainResult:
 
 def run(cfg: TrainConfig, stop_at: int | None = None) -> Path:
     """Stage 2 entry: train the decoder described by ``cfg``; returns the run directory."""
-    default_threads()
+    default_threads(launched_ranks())
     return fit(cfg, stop_at).run_dir
