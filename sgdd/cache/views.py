@@ -41,6 +41,10 @@ from sgdd.errors import SgddError
 VIEWS = ("sentence", "next_block")
 BLOCK_TAILS = ("skip", "ignore")
 WINDOWS_KIND = "windows"
+# One axis, three words: a cache's kind (what collect wrote) decides the view training reads it
+# through by default and the task that eval scores it as.
+KIND_VIEW = {"sentences": "sentence", "pairs": "sentence", WINDOWS_KIND: "next_block"}
+KIND_TASK = {"sentences": "reconstruction", "pairs": "paraphrase", WINDOWS_KIND: "mtp"}
 
 
 @dataclass
@@ -58,7 +62,7 @@ def cache_kind(split: CacheSplit) -> str:
 def view_for(split: CacheSplit, asked: str) -> str:
     """The view to train on: ``asked``, or for "auto" the one that fits the cache's kind."""
     if asked == "auto":
-        return "next_block" if cache_kind(split) == WINDOWS_KIND else "sentence"
+        return KIND_VIEW.get(cache_kind(split), "sentence")
     if asked not in VIEWS:
         raise SgddError(f"unknown view {asked!r} (valid: auto, {', '.join(VIEWS)})")
     return asked

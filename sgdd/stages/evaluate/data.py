@@ -7,12 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from sgdd.cache.reader import CacheSplit
-from sgdd.cache.views import cache_kind, next_block_view, sentence_view
+from sgdd.cache.views import KIND_TASK, cache_kind, next_block_view, sentence_view
 from sgdd.decoding.maskgit import tokens_to_text
 from sgdd.errors import SgddError
 from sgdd.models.diffusion import IGNORE_INDEX
 
-TASKS = {"sentences": "reconstruction", "pairs": "paraphrase", "windows": "mtp"}
 
 
 @dataclass
@@ -81,8 +80,8 @@ def load_windows(split: CacheSplit, length: int, tokenizer, max_samples: int | N
 def load_eval_data(split: CacheSplit, model, meta: dict, special: dict, tokenizer, max_samples: int | None,
               max_tokens: int | None = None) -> EvalData:
     kind = cache_kind(split)
-    if kind not in TASKS:
-        raise SgddError(f"split {split.dir} has kind {kind!r}; sgdd eval knows {', '.join(TASKS)}")
+    if kind not in KIND_TASK:
+        raise SgddError(f"split {split.dir} has kind {kind!r}; sgdd eval knows {', '.join(KIND_TASK)}")
     if kind == "windows":
         return load_windows(split, meta.get("block_length") or model.cfg.max_len, tokenizer, max_samples,
                             bool(meta.get("consistent_labels")))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sgdd.cache.views import KIND_TASK
 from sgdd.decoding.lengths import reference_lengths, resolve_length
 from sgdd.decoding.refine import refine, refine_sampling, rounds_summary
 from sgdd.decoding.rerank import ReEncoder, cosines_to, rerank
@@ -18,7 +19,7 @@ from sgdd.metrics import compute_metrics, get_metric
 from sgdd.models.diffusion import Schedule
 from sgdd.runtime import Precision
 from sgdd.stages.evaluate.config import EvalConfig
-from sgdd.stages.evaluate.data import TASKS, EvalData, to_texts
+from sgdd.stages.evaluate.data import EvalData, to_texts
 from sgdd.stages.evaluate.batches import candidate_sampling, decode_lengths, decode_rows, peak_memory
 from sgdd.reporting.labels import label
 
@@ -54,7 +55,7 @@ def metrics_for(cfg: EvalConfig, kind: str) -> list[str]:
         missing = get_metric(name).needs - provided
         if missing:
             raise SgddError(f"metric {name} needs {', '.join(NEED_TEXT[m] for m in sorted(missing))}; "
-                            f"this is a {TASKS[kind]} eval of a {kind!r} split")
+                            f"this is a {KIND_TASK[kind]} eval of a {kind!r} split")
     return names
 
 

@@ -10,7 +10,7 @@ from sgdd.io import write_json_atomic
 from sgdd.models.checkpoint import special_ids
 from sgdd.cache.identity import check_identity, encoder_identity
 from sgdd.cache.reader import open_cache
-from sgdd.cache.views import cache_kind
+from sgdd.cache.views import KIND_TASK, cache_kind
 from sgdd.config import save_yaml
 from sgdd.decoding.lengths import resolve_length
 from sgdd.decoding.rerank import ReEncoder
@@ -20,7 +20,7 @@ from sgdd.errors import SgddError
 from sgdd.metrics import get_metric
 from sgdd.runtime import default_threads, pick_device, pick_precision, seed_everything
 from sgdd.stages.evaluate.config import EvalConfig
-from sgdd.stages.evaluate.data import TASKS, load_eval_data
+from sgdd.stages.evaluate.data import load_eval_data
 from sgdd.stages.evaluate.report import print_table, write_report_files
 from sgdd.stages.evaluate.resolve import (check_fit, default_split, existing_checkpoint, latest_run,
                                           load_checkpoint, training_noise, validation_accuracy)
@@ -52,7 +52,7 @@ def run(cfg: EvalConfig) -> Path:
     given = meta.get("given", 0) if cfg.given is None else cfg.given  # null: as the run was trained
     if given and (kind != "windows" or given >= data.length):
         raise SgddError(f"given={given} needs an MTP eval (a windows split) with blocks longer than that; "
-                        f"this is a {TASKS[kind]} eval of {data.length}-token rows")
+                        f"this is a {KIND_TASK[kind]} eval of {data.length}-token rows")
     cfg = dataclasses.replace(cfg, given=given)
     grid = [(changes, dataclasses.replace(s, given=given)) for changes, s in grid]
     for _, setting in grid:  # enough steps for the blocks of every setting; a length rule and refinement that fit
@@ -80,7 +80,7 @@ def run(cfg: EvalConfig) -> Path:
         "cache": str(cache.dir),
         "split": split_name,
         "kind": kind,
-        "task": TASKS[kind],
+        "task": KIND_TASK[kind],
         "unit": data.unit,
         "n": len(data),
         "dropped": data.dropped,
