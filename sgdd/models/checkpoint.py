@@ -123,7 +123,7 @@ def save_model(directory: str | Path, model: Decoder, meta: dict,
     return directory
 
 
-def build_model(meta: dict) -> Decoder | BodyDecoder:
+def model_from_meta(meta: dict) -> Decoder | BodyDecoder:
     """An untrained decoder of the checkpoint's architecture (a pretrained body's from its stored config)."""
     cfg = decoder_config(meta)
     sizes = (meta["vocab_size"], meta["cond_dim"], meta["embed_dim"], meta["mask_id"])
@@ -171,7 +171,7 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu",
     directory = Path(directory)
     meta = read_meta(directory)
     try:
-        model = build_model(meta)
+        model = model_from_meta(meta)
     except (KeyError, TypeError) as e:
         raise SgddError(f"{directory / MODEL_META} lacks what rebuilds the decoder ({type(e).__name__}: {e})") from None
     use_ema = prefer_ema and (directory / EMA_FILE).is_file()
