@@ -99,11 +99,13 @@ recon_cpu_ablations() {  # each ABL_MINUTES (default 12; RESULTS.md used 10) min
   train runs/abl12-iid "${base[@]}" --set diffusion.stratified=false
   train runs/abl12-body-adaln "${base[@]}" --set model.conditioning=adaln
 }
-eval_recon_cpu() {  # test sentences of <= 32 tokens: one decode of 16 steps (600), the encoder as judge (100)
+eval_recon_cpu() {  # test sentences of <= 32 tokens: one decode of 16 steps (600), the encoder as judge (100), oracle length (600)
   local run=runs/recon-cpu
   $SGDD eval --run $run --split test --max-samples 600 --steps 16 --out $run/eval-test
   $SGDD eval --run $run --split test --max-samples 100 --steps 16 --refine encoder --refine-steps 2 \
     --refine-candidates 4 --out $run/eval-test-refine
+  # what a perfect length model would add: the reference's length instead of the predicted one
+  $SGDD eval --run $run --split test --max-samples 600 --steps 16 --length oracle --out $run/eval-test-oracle-length
 }
 eval_recon_cpu_ablations() {
   for run in runs/abl12-recipe runs/abl12-scratch-adaln runs/abl12-pads runs/abl12-iid runs/abl12-body-adaln; do
