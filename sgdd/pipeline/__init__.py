@@ -1,1 +1,1 @@
-"""What every stage shares: typed configs, runtime (device, precision, seeding), logging."""
+"""The top of the stack: `sgdd run`, which runs collect -> train -> eval from one file."""
