@@ -106,6 +106,8 @@ eval_recon_cpu() {  # test sentences of <= 32 tokens: one decode of 16 steps (60
     --refine-candidates 4 --out $run/eval-test-refine
   # what a perfect length model would add: the reference's length instead of the predicted one
   $SGDD eval --run $run --split test --max-samples 600 --steps 16 --length oracle --out $run/eval-test-oracle-length
+  # fewer tokens committed per step: does repetition fall with more steps?
+  $SGDD eval --run $run --split test --max-samples 300 --sweep steps=16,32,64 --out $run/eval-test-steps
 }
 eval_recon_cpu_ablations() {
   for run in runs/abl12-recipe runs/abl12-scratch-adaln runs/abl12-pads runs/abl12-iid runs/abl12-body-adaln; do
