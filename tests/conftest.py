@@ -23,6 +23,17 @@ def tiny_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def offline_hub(monkeypatch):
+    """The Hub is unreachable (HF_HUB_OFFLINE), and the cached reachability probe asks again."""
+    from sgdd import offline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline.hub_reachable.cache_clear()
+    yield
+    offline.hub_reachable.cache_clear()
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set SGDD_SHARED_DATA)")

@@ -113,11 +113,7 @@ def test_help_explains_every_option(command):
     (["eval", "--metric", "rouge"], "metric 'rouge' unknown"),
     (["cache", "verify", "{tmp}"], "holds no collected split"),
 ])
-def test_bad_input_gives_one_line_and_exit_1(args, message, corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from sgdd import offline as hub
-
-    hub.hub_reachable.cache_clear()
+def test_bad_input_gives_one_line_and_exit_1(args, message, corpus, tmp_path, offline_hub):
     args = [a.format(corpus=corpus, tmp=tmp_path) for a in args]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 1, r.output

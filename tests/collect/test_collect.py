@@ -121,13 +121,9 @@ def test_model_without_tokenizer_files(tiny_encoder_dir, corpus, tmp_path):
         collect.run(config(bare, corpus, tmp_path / "b"))
 
 
-def test_unknown_hub_model_fails_fast_offline(corpus, tmp_path, monkeypatch):
+def test_unknown_hub_model_fails_fast_offline(corpus, tmp_path, offline_hub):
     import time
 
-    from sgdd import offline as hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub.hub_reachable.cache_clear()
     t0 = time.time()
     with pytest.raises(SgddError, match="Hub cannot be reached; pass --model DIR"):
         collect.run(config("no-such-org/no-such-model", corpus, tmp_path / "b"))

@@ -75,11 +75,7 @@ def test_bad_dataset_names_and_paths_give_one_clear_error(tmp_path):
         get_source("wiki", data_dir=str(tmp_path))
 
 
-def test_wiki_without_data_dir_fails_fast_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from sgdd import offline as hub
-
-    hub.hub_reachable.cache_clear()
+def test_wiki_without_data_dir_fails_fast_offline(offline_hub):
     with pytest.raises(SgddError, match="--data-dir"):
         get_source("wiki")
 

@@ -65,11 +65,7 @@ def test_any_file_with_source_and_target_fields(tmp_path):
         pairs(get_source(str(tmp_path / "t.txt"), source_field="a", target_field="b"))
 
 
-def test_pair_datasets_without_data_fail_fast_offline(tmp_path, monkeypatch):
-    from sgdd import offline as hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub.hub_reachable.cache_clear()
+def test_pair_datasets_without_data_fail_fast_offline(tmp_path, offline_hub):
     with pytest.raises(SgddError, match="cannot reach the Hugging Face Hub.*--data-dir"):
         get_source("qqp")
     with pytest.raises(SgddError, match="flickr8k has no Hugging Face copy"):
@@ -142,14 +138,10 @@ def test_hf_streaming_dataset_from_a_local_directory(tmp_path):
     assert [r.text for r in same.records("validation", {})] == ["held out"]
 
 
-def test_hf_pairs_and_a_hub_id_offline(tmp_path, monkeypatch):
-    from sgdd import offline as hub
-
+def test_hf_pairs_and_a_hub_id_offline(tmp_path, offline_hub):
     write_jsonl(tmp_path / "train.jsonl", [{"a": "one two", "b": "two one"}])
     got, _ = pairs(get_source(f"hf:{tmp_path}", source_field="a", target_field="b"))
     assert got == [(f"{tmp_path.name}-train-0", "one two", "two one")]
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    hub.hub_reachable.cache_clear()
     with pytest.raises(SgddError, match="cannot reach the Hugging Face Hub to stream 'someone/corpus'"):
         get_source("hf:someone/corpus:en")
     with pytest.raises(SgddError, match="hf:NAME"):
