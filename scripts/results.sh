@@ -99,13 +99,17 @@ recon_cpu_ablations() {  # each ABL_MINUTES (default 12; RESULTS.md used 10) min
   train runs/abl12-iid "${base[@]}" --set diffusion.stratified=false
   train runs/abl12-body-adaln "${base[@]}" --set model.conditioning=adaln
 }
-eval_recon_cpu() {  # test sentences of <= 32 tokens: one decode of 16 steps (600), the encoder as judge (100), oracle length (600)
-  local run=runs/recon-cpu
-  $SGDD eval --run $run --split test --max-samples 600 --steps 16 --out $run/eval-test
-  $SGDD eval --run $run --split test --max-samples 100 --steps 16 --refine encoder --refine-steps 2 \
-    --refine-candidates 4 --out $run/eval-test-refine
+eval_recon_cpu() {  # test sentences of <= 32 tokens: one decode of 16 steps (600), the encoder as judge (100), reference length (600)
+  local run=${RUN:-runs/recon-cpu}
+  # the repetition penalty of the presets, chosen here on the validation split
+  $SGDD eval --run $run --split validation --max-samples 200 --steps 16 --sweep repetition_penalty=0,1,2,4 \
+    --out $run/eval-validation-penalty
+  $SGDD eval --run $run --split test --max-samples 600 --steps 16 --sweep repetition_penalty=0,2 --out $run/eval-test
+  $SGDD eval --run $run --split test --max-samples 100 --steps 16 --repetition-penalty 2 --refine encoder \
+    --refine-steps 2 --refine-candidates 4 --out $run/eval-test-refine
   # what a perfect length model would add: the reference's length instead of the predicted one
-  $SGDD eval --run $run --split test --max-samples 600 --steps 16 --length oracle --out $run/eval-test-oracle-length
+  $SGDD eval --run $run --split test --max-samples 600 --steps 16 --repetition-penalty 2 --length oracle \
+    --out $run/eval-test-oracle-length
   # fewer tokens committed per step: does repetition fall with more steps?
   $SGDD eval --run $run --split test --max-samples 300 --sweep steps=16,32,64 --out $run/eval-test-steps
 }

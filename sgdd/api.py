@@ -152,6 +152,7 @@ class Run:
     def decode_ids(self, vectors: Any, batch_size: int = 64, **sampling) -> torch.Tensor:
         """Token ids [N, L] decoded from ``vectors`` [N, D] (or one vector [D]) with the settings
         of ``sgdd eval`` (sampler, steps, schedule, temperature, cfg_scale, seed, ...)."""
+        from sgdd.decoding.maskgit import special_token_ids
         from sgdd.decoding.samplers import Sampling
         from sgdd.stages.evaluate.data import EvalData
         from sgdd.stages.evaluate.batches import decode_rows
@@ -165,7 +166,7 @@ class Run:
         data = EvalData("sentences", z, torch.zeros(z.shape[0], self.length, dtype=torch.long),
                         [str(i) for i in range(z.shape[0])], [""] * z.shape[0], None, 0, self.length)
         out = decode_rows(self.model, data, Sampling.of(cfg).check(), cfg.seed, batch_size, self.device,
-                          self.precision, keep=0)
+                          self.precision, keep=0, exempt=special_token_ids(self.special_ids))
         return out.ids
 
     def decode(self, vectors: Any, batch_size: int = 64, **sampling) -> list[str]:

@@ -100,7 +100,7 @@ def decode(model, z: torch.Tensor, steps: int | None = None, schedule: str | Non
            sampling: Sampling | None = None, generator: torch.Generator | None = None,
            return_trajectory: bool = False, length: int | None = None, prefix: torch.Tensor | None = None,
            noise: Schedule | None = None, start: torch.Tensor | None = None,
-           **settings: Any) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
+           exempt: Sequence[int] = (), **settings: Any) -> torch.Tensor | tuple[torch.Tensor, Trajectory]:
     """Decode token ids [B, L] from conditions z [B, Dz] with at most ``steps`` forward passes.
 
     The decoding settings are a :class:`sgdd.decoding.samplers.Sampling` (``sampling``, default
@@ -116,6 +116,7 @@ def decode(model, z: torch.Tensor, steps: int | None = None, schedule: str | Non
     (default linear: t = the share). ``start`` [B, L]: a partly decoded block to finish instead
     of an all-masked one: its mask tokens are decoded, every other token is kept (not with
     ``prefix``); each row follows the unmasking schedule over its own number of mask tokens.
+    ``exempt``: token ids the ``repetition_penalty`` never lowers (padding, sentence ends).
     With ``return_trajectory`` also returns a :class:`Trajectory`. The model is put in eval
     mode for the call and restored afterwards.
     """
@@ -129,7 +130,7 @@ def decode(model, z: torch.Tensor, steps: int | None = None, schedule: str | Non
     try:
         with torch.no_grad():  # (not inference_mode: under it autocast re-casts every weight at every step)
             ids, trajectory = _decode(model, z, sampling, generator, length, prefix,
-                                      noise or get_schedule("linear"), start)
+                                      noise or get_schedule("linear"), start, exempt)
     finally:
         model.train(was_training)
     return (ids, trajectory) if return_trajectory else ids
@@ -157,10 +158,19 @@ def chunk_rows(vocab: int, device: torch.device) -> int:
     return max(1, budget // (4 * vocab))
 
 
-def _choose(logits: torch.Tensor, s: Sampling, guided: bool, confidence, generator
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def held_counts(x: torch.Tensor, vocab: int, free: torch.Tensor) -> torch.Tensor:
+    """How often each token already stands in each row of x [R, L] -> [R, V] float, 0 for the
+    ``free`` ids (the mask token and the exempt ones)."""
+    counts = torch.zeros(x.shape[0], vocab, device=x.device).scatter_add_(1, x, torch.ones_like(x, dtype=torch.float))
+    counts[:, free] = 0
+    return counts
+
+
+def _choose(logits: torch.Tensor, s: Sampling, guided: bool, confidence, generator,
+            held: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A token, its confidence and its log-probability [M] per open position from the logits of
-    :func:`_predict`."""
+    :func:`_predict`. ``held``: (counts [R, V] of :func:`held_counts`, row [M] of each open
+    position) for the repetition penalty."""
     M = logits.shape[0] // 2 if guided else logits.shape[0]
     step = chunk_rows(logits.shape[-1], logits.device)
     tokens, confs, logps = [], [], []
@@ -169,6 +179,9 @@ def _choose(logits: torch.Tensor, s: Sampling, guided: bool, confidence, generat
         chunk = logits[lo:hi].float()  # [c, V]
         if guided:
             chunk = _guide(chunk, logits[M + lo:M + hi].float(), s.cfg_scale)
+        if held is not None:
+            counts, row_of = held
+            chunk = chunk - s.repetition_penalty * counts[row_of[lo:hi]]
         token, logp = choose_tokens(chunk, s.temperature, s.top_k, s.top_p, generator)  # [c], [c, V]
         tokens.append(token)
         confs.append(confidence(logp, token, generator))
@@ -199,7 +212,7 @@ def _row_plans(n_open: torch.Tensor, steps: int, schedule: str) -> torch.Tensor:
 
 
 def _decode(model, z: torch.Tensor, s: Sampling, generator, length: int | None,
-            prefix: torch.Tensor | None, noise: Schedule, start: torch.Tensor | None):
+            prefix: torch.Tensor | None, noise: Schedule, start: torch.Tensor | None, exempt: Sequence[int] = ()):
     B, device, mask = z.shape[0], z.device, model.mask_id
     L = start.shape[1] if start is not None else (length or model.cfg.max_len)
     if not 1 <= L <= model.cfg.max_len:
@@ -213,6 +226,7 @@ def _decode(model, z: torch.Tensor, s: Sampling, generator, length: int | None,
     spec, confidence = s.spec, get_confidence(s.spec.confidence)
     blocks = s.blocks(L)
     cond = Conditioner(model, z, guided=s.cfg_scale != 0)  # 1. condition once
+    free = torch.tensor([mask, *exempt], dtype=torch.long, device=device)  # never penalised as repeats
 
     x = torch.full((B, L), mask, dtype=torch.long, device=device)  # [B, L]
     if P:
@@ -239,7 +253,10 @@ def _decode(model, z: torch.Tensor, s: Sampling, generator, length: int | None,
             passes_per_row[rows] += 1
 
             # 3. a token per open position; how many to commit; the best-scored ones
-            token, conf, logp = _choose(logits, s, cond.guided, confidence, generator)  # [M] each
+            held = None
+            if s.repetition_penalty:  # what each row already holds, for the open positions' rows
+                held = held_counts(xr, logits.shape[-1], free), open_.nonzero()[:, 0]
+            token, conf, logp = _choose(logits, s, cond.guided, confidence, generator, held)  # [M] each
             scores = rank_scores(conf, s.alg_temp, generator)
             n_open = open_.sum(1)  # [R]
             count = (n_open - target[rows]).clamp(min=1)
@@ -260,6 +277,11 @@ def _decode(model, z: torch.Tensor, s: Sampling, generator, length: int | None,
     assert not bool((x == mask).any())
     return x, Trajectory(committed_at=committed_at, forward_passes=calls, passes_per_row=passes_per_row,
                          blocks=blocks, token_logp=token_logp)
+
+
+def special_token_ids(special_ids: dict) -> list[int]:
+    """The begin, end and padding ids that ``special_ids`` defines (repeats of these are no fault)."""
+    return [special_ids[k] for k in ("bos_id", "eos_id", "pad_id") if special_ids.get(k) is not None]
 
 
 def tokens_to_text(ids: torch.Tensor | Sequence[Sequence[int]], tokenizer, special_ids: dict) -> list[str]:

@@ -128,6 +128,8 @@ class Sampling:
     alg_temp: float = doc(0.0, "Randomness in the commit order: positions drawn in proportion to "
                                "softmax(confidence / alg_temp) (0 = strictly most confident first).")
     cfg_scale: float = doc(0.0, "Classifier-free guidance w: p = p_c + w (p_c - p_u).")
+    repetition_penalty: float = doc(0.0, "Lower the log-probability of a token by this much for every time the "
+                                         "sequence already holds it (special tokens exempt); 0 = off.")
 
     @classmethod
     def of(cls, obj) -> "Sampling":
@@ -170,6 +172,8 @@ class Sampling:
             p.append(f"alg_temp must be >= 0, got {self.alg_temp}")
         if not math.isfinite(self.cfg_scale):
             p.append(f"cfg_scale must be finite, got {self.cfg_scale}")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty >= 0):
+            p.append(f"repetition_penalty must be finite and >= 0 (0 = off), got {self.repetition_penalty}")
         return p
 
     def check(self) -> "Sampling":

@@ -137,6 +137,37 @@ def test_cfg_scale_zero_equals_no_cfg():
     assert not guided.isnan().any() and bool(torch.isneginf(guided[:, MASK]).all())
 
 
+# -- repetition penalty ----------------------------------------------------------------------
+def repeating_table(strength: float = 3.0) -> torch.Tensor:
+    """Every position prefers token A (logit ``strength`` plus a bonus falling from 0.5 to 0 along
+    the positions); its second choice, at 1, is a token no other position wants; the rest 0: [1, L*V]."""
+    table = torch.zeros(L, V)
+    table[:, A] = strength + torch.linspace(0.5, 0, L)
+    second = [tok for tok in range(V) if tok not in (A, MASK)][:L]
+    table[torch.arange(L), second] = 1.0
+    return table.flatten()[None]
+
+
+def test_repetition_penalty_lowers_tokens_already_held():
+    assert bool((decode(TableModel(), repeating_table(), L) == A).all())  # the weak decoder's failure
+    ids = decode(TableModel(), repeating_table(), L, repetition_penalty=5.0)[0]
+    assert (ids == A).sum() == 1 and ids[0] == A  # the first commit keeps it, then held: 3 - 5 < 1
+    # a penalty of 1 per copy: A (3 + bonus - held) beats the second choice (1) while held < 2 + bonus
+    ids = decode(TableModel(), repeating_table(), L, repetition_penalty=1.0)[0]
+    assert (ids == A).sum() == 3 and bool((ids[:3] == A).all())
+    # exempt ids (padding, sentence ends) may repeat freely; the default (0) is off
+    assert bool((decode(TableModel(), repeating_table(), L, repetition_penalty=5.0, exempt=[A]) == A).all())
+    ref, strength = reference(seed=4)
+    assert torch.equal(decode(TableModel(), perfect_tables(ref, strength), 4, repetition_penalty=0.0),
+                       decode(TableModel(), perfect_tables(ref, strength), 4))
+
+
+def test_repetition_penalty_must_be_finite_and_not_negative():
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(SgddError, match="repetition_penalty"):
+            decode(TableModel(), repeating_table(), 4, repetition_penalty=bad)
+
+
 # -- the real decoder ------------------------------------------------------------------------
 def tiny_decoder() -> Decoder:
     torch.manual_seed(0)

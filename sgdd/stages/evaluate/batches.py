@@ -7,7 +7,7 @@ import dataclasses
 import resource
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -42,7 +42,7 @@ def _sync(device: torch.device) -> None:
 
 def decode_rows(model, data: EvalData, sampling: Sampling, seed: int, batch_size: int, device: torch.device,
                 precision: Precision, keep: int, desc: str = "decode", given: int = 0, noise: Schedule | None = None,
-                lengths: torch.Tensor | None = None, pad_id: int = 0,
+                lengths: torch.Tensor | None = None, pad_id: int = 0, exempt: Sequence[int] = (),
                 judge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> Decoded:
     """Decode every row of ``data`` in batches of ``batch_size`` with one generator seeded ``seed``;
     the first ``given`` tokens of each row are taken from the reference.
@@ -51,7 +51,8 @@ def decode_rows(model, data: EvalData, sampling: Sampling, seed: int, batch_size
     length beam); default ``data.length`` for all. Rows of equal length are decoded together and
     put back in order. With K > 1 each row keeps the length whose output scores best:
     ``judge(ids [M, L], rows [M]) -> [M]`` when given (the encoder's cosine), else the model's
-    mean log-probability of its committed tokens."""
+    mean log-probability of its committed tokens. ``exempt``: token ids the repetition penalty
+    leaves alone (see :func:`sgdd.decoding.maskgit.decode`)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     N, L = len(data), data.length
     lengths = torch.full((N, 1), L, dtype=torch.long) if lengths is None else lengths.long().cpu()
@@ -76,7 +77,7 @@ def decode_rows(model, data: EvalData, sampling: Sampling, seed: int, batch_size
             prefix = data.ref_ids[rows, :given] if given else None  # [B, given]
             with precision.autocast():
                 out, traj = decode(model, z, generator=generator, return_trajectory=True, length=n,
-                                   prefix=prefix, noise=noise, sampling=sampling)
+                                   prefix=prefix, noise=noise, sampling=sampling, exempt=exempt)
             ids[chunk, :n] = out.cpu()
             committed[chunk, :n] = traj.committed_at.cpu()
             if traj.token_logp is not None:

@@ -18,6 +18,7 @@ from sgdd.cache import format as fmt
 from sgdd.cache.identity import check_identity, encoder_identity
 from sgdd.cache.reader import Cache, open_cache
 from sgdd.decoding.lengths import resolve_length
+from sgdd.decoding.maskgit import special_token_ids
 from sgdd.decoding.refine import refine, refine_sampling
 from sgdd.decoding.rerank import ReEncoder, cosines_to, rerank
 from sgdd.decoding.samplers import Sampling
@@ -109,7 +110,8 @@ def invert_texts(model, meta: dict, assets: RunAssets, texts: list[str], cfg: Ev
 
     # 2. decode (N candidates) and keep the one closest to the text's vector
     runs = [decode_rows(model, data, candidate_sampling(cfg, k), cfg.seed + k, len(texts), device, precision,
-                        keep=len(texts), desc="invert", noise=noise, lengths=lengths, pad_id=pad, judge=judge)
+                        keep=len(texts), desc="invert", noise=noise, lengths=lengths, pad_id=pad,
+                        exempt=special_token_ids(special), judge=judge)
             for k in range(cfg.candidates)]
     outs = [to_texts(r.ids, "sentences", tokenizer, special) for r in runs]
     cos = cosines_to([encoder.encode(o) for o in outs], vectors)  # [K, N]

@@ -11,6 +11,7 @@ import torch
 
 from sgdd.cache.views import KIND_TASK
 from sgdd.decoding.lengths import reference_lengths, resolve_length
+from sgdd.decoding.maskgit import special_token_ids
 from sgdd.decoding.refine import refine, refine_sampling, rounds_summary
 from sgdd.decoding.rerank import ReEncoder, cosines_to, rerank
 from sgdd.decoding.samplers import Sampling
@@ -100,7 +101,7 @@ def evaluate_setting(cfg: EvalConfig, changes: dict, model, data: EvalData, spec
 
     runs = [decode_rows(model, data, candidate_sampling(cfg, k), cfg.seed + k, cfg.batch_size, device, precision,
                         cfg.trajectories, desc=f"decode {label(changes)}" + (f" #{k + 1}" if cfg.candidates > 1 else ""),
-                        given=cfg.given, noise=noise, lengths=lengths, pad_id=pad_id,
+                        given=cfg.given, noise=noise, lengths=lengths, pad_id=pad_id, exempt=special_token_ids(special),
                         judge=judge if reencoder is not None else None)
             for k in range(cfg.candidates)]
     texts = [to_texts(r.ids, data.kind, tokenizer, special) for r in runs]

@@ -13,11 +13,11 @@ import typing
 from typing import Any
 
 from sgdd.config import coerce, from_dict, problems_of, to_dict, yaml_scalar
+from sgdd.decoding.samplers import Sampling
 from sgdd.errors import SgddError
 
 # The settings a sweep may vary: everything that changes how (or how often) a row is decoded.
-SWEEPABLE = ("sampler", "steps", "schedule", "block_length", "tau", "temperature", "top_k", "top_p", "alg_temp",
-             "cfg_scale", "candidates", "seed", "length")
+SWEEPABLE = (*(f.name for f in dataclasses.fields(Sampling)), "candidates", "seed", "length")
 
 
 def _scalar(raw: str) -> Any:
