@@ -15,6 +15,8 @@ import os
 import shutil
 import socket
 import time
+from concurrent import futures
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -206,13 +208,14 @@ class SplitWriter:
         return sum(s["rows"] for s in self.committed.values())
 
     # -- shards --------------------------------------------------------------------------------
-    def begin_shard(self, index: int, n: int, first_row: int) -> "ShardBuilder":
-        """Start shard ``index`` holding rows ``first_row .. first_row + n - 1`` of the split."""
+    def begin_shard(self, index: int, n: int, first_row: int, after: Future | None = None) -> "ShardBuilder":
+        """Start shard ``index`` holding rows ``first_row .. first_row + n - 1`` of the split.
+        ``after``: the commit of an earlier shard still in flight (see ``ShardBuilder``)."""
         if n < 1:
             raise ValueError("a shard needs at least one row")
         if index in self.committed:
             raise ValueError(f"shard {index} is already committed")
-        return ShardBuilder(self, index, n, first_row)
+        return ShardBuilder(self, index, n, first_row, after)
 
     def finalize(self, extra: dict | None = None, num_shards: int | None = None) -> Path:
         """Write ``manifest.json`` (last, atomically): the split now exists for readers.
@@ -264,10 +267,12 @@ class SplitWriter:
 
 class ShardBuilder:
     """One shard being written: arrays block by block (``write``), then rows and the atomic
-    rename (``commit``). Any failure removes the temporary directory and raises SgddError."""
+    rename (``commit``). Any failure removes the temporary directory and raises SgddError.
+    ``after``: an earlier shard's commit running meanwhile; a failure here waits for it, so that
+    the error counts the shards that are on disk."""
 
-    def __init__(self, writer: SplitWriter, index: int, n: int, first_row: int):
-        self.writer, self.index, self.n, self.first_row = writer, index, n, first_row
+    def __init__(self, writer: SplitWriter, index: int, n: int, first_row: int, after: Future | None = None):
+        self.writer, self.index, self.n, self.first_row, self.after = writer, index, n, first_row, after
         self.name = fmt.shard_name(index)
         self.final = writer.dir / self.name
         self.tmp = temp_name(self.final)
@@ -286,6 +291,8 @@ class ShardBuilder:
 
     def _fail(self, e: OSError) -> SgddError:
         self.abort()
+        if self.after is not None:
+            futures.wait([self.after])
         return io_error(f"writing {self.final}", e, f"the {len(self.writer.committed)} shards committed before "
                         "it are intact, rerun the same command to resume")
 

@@ -154,6 +154,28 @@ def test_disk_full_while_writing_arrays_keeps_earlier_shards_and_resumes(tiny_en
     assert split.num_rows == 32
 
 
+def test_disk_full_while_a_shard_is_committed_in_the_background(tiny_encoder_dir, corpus, tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    real_file = pa.OSFile
+
+    def full_disk(path, mode="r"):  # the rows of shard 2 cannot be written (the commit thread)
+        if ".shard-00002" in str(path) and mode == "wb":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_file(path, mode)
+
+    monkeypatch.setattr(pa, "OSFile", full_disk)
+    out = tmp_path / "c"
+    r = invoke(*args(tiny_encoder_dir, corpus, out))
+    assert r.exit_code == 1
+    assert "No space left on device" in r.output and "2 shards committed before it are intact" in r.output
+    assert committed_shards_are_intact(out / "train") == 2
+    assert not list((out / "train").glob(".shard-*"))
+    monkeypatch.undo()
+    split = open_cache(collect.run(config(tiny_encoder_dir, corpus, out))).split("train")
+    assert split.num_rows == 32
+
+
 def test_disk_full_while_writing_the_manifest(tiny_encoder_dir, corpus, tmp_path, monkeypatch):
     real_fsync = os.fsync
 

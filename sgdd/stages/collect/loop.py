@@ -5,16 +5,23 @@ Per split: stream records -> filters -> de-duplicate -> tokenize -> rows (the mo
 committed atomically. Shard i holds rows i*shard_size ... whatever the number of processes,
 so a rerun resumes after the committed shards and torchrun ranks (shard i -> rank i % world)
 write exactly the shards one process would. Rank 0 writes the manifest once all exist.
+
+Off the critical path: a thread reads and tokenizes the next shard's rows while the model
+encodes this one, and shard i is committed (Arrow rows, checksums, fsync, rename) by another
+thread while shard i + 1 is encoded.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import queue
 import shutil
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import yaml
 
@@ -60,25 +67,87 @@ def log(ranks: CollectRanks, message: str) -> None:
         get_logger("collect").info(message)
 
 
+T = TypeVar("T")
+_END = object()
+
+
+def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """``items``, produced by a thread up to ``depth`` items ahead of the consumer. An error of the
+    producer is raised in the consumer; a consumer that stops early stops the producer."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+            box.put((_END, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            box.put((_END, e))
+
+    thread = threading.Thread(target=produce, name="sgdd-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = box.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _commit(shard, columns: dict[str, list]) -> None:
+    try:
+        shard.commit(columns)
+    finally:
+        shard.abort()  # nothing left once committed; a half-written shard otherwise
+
+
 def write_shards(mode, writer: SplitWriter, rows: Iterator[dict], cap: int | None, ranks: CollectRanks) -> tuple[int, int]:
     """Cut ``rows`` into shards; commit the ones this rank owns and no earlier run committed.
-    -> (number of shards of the split, rows this rank encoded)."""
+    -> (number of shards of the split, rows this rank encoded). The next shard's rows are read
+    while this one is encoded (where the mode allows), and each commit overlaps the next encode."""
     index = first = encoded = 0
     bar = progress(total=cap, initial=0, desc=writer.dir.name, unit="row", main=ranks.is_main, logger="collect")
-    for shard_rows in iter(lambda: list(itertools.islice(rows, mode.shard_size)), []):
-        meta = writer.committed.get(index)
-        if meta is not None:
-            check_committed(meta, shard_rows, writer.dir)
-        elif ranks.owns(index):
-            shard = writer.begin_shard(index, len(shard_rows), first)
-            try:
-                shard.commit(mode.encode(shard_rows, shard))
-            finally:
-                shard.abort()
-            encoded += len(shard_rows)
-        first += len(shard_rows)
-        index += 1
-        bar.update(len(shard_rows))
+    shards = iter(lambda: list(itertools.islice(rows, mode.shard_size)), [])
+    if mode.rows_read_ahead:
+        shards = read_ahead(shards)
+    pending: Future | None = None  # the commit in flight
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgdd-commit") as committer:
+        try:
+            for shard_rows in shards:
+                meta = writer.committed.get(index)
+                if meta is not None:
+                    check_committed(meta, shard_rows, writer.dir)
+                elif ranks.owns(index):
+                    shard = writer.begin_shard(index, len(shard_rows), first, after=pending)
+                    try:
+                        columns = mode.encode(shard_rows, shard)
+                        if pending is not None:
+                            pending.result()  # a failed commit stops the run here
+                    except BaseException:
+                        shard.abort()
+                        raise
+                    pending = committer.submit(_commit, shard, columns)
+                    encoded += len(shard_rows)
+                first += len(shard_rows)
+                index += 1
+                bar.update(len(shard_rows))
+        finally:
+            getattr(shards, "close", lambda: None)()  # stops the reading thread
+    if pending is not None:
+        pending.result()  # the last commit (the executor has waited for it)
     bar.close()
     return index, encoded
 

@@ -46,6 +46,7 @@ class SentenceMode:
 
     kind = "sentences"
     ids_key = "input_ids"  # the tokens that are encoded
+    rows_read_ahead = True  # rows() only reads and tokenizes: a thread may run it ahead of encode()
 
     def __init__(self, cfg: CollectConfig, model, source: Source):
         self.cfg, self.model, self.source = cfg, model, source
@@ -156,6 +157,10 @@ class WindowMode:
 
     def body(self) -> None:
         return None  # a causal LM's body is not a bidirectional decoder body
+
+    @property
+    def rows_read_ahead(self) -> bool:
+        return not self.cfg.generate  # generating runs the model (and the ranks' exchanges) inside rows()
 
     def rows(self, split: str, stats: dict, split_dir: Path, ranks: CollectRanks) -> Iterator[dict]:
         chunks = document_chunks(self.source.documents(split, stats), self.model.tokenizer, stats)
