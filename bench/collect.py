@@ -26,6 +26,7 @@ from bench.common import Setup, Timer, alternate, dir_bytes, peak_rss_mib, summa
 
 METHODS = ["sgdd", "eagle", "vec2text", "ceiling"]
 BATCH = 128
+SHARD_ROWS = 1024  # several shards, as in any real collect: reading and committing overlap the encoding
 
 
 def max_tokens(quick: bool) -> int:
@@ -58,7 +59,8 @@ def m_sgdd(args: dict) -> dict:
     from sgdd.stages import collect
 
     cfg = CollectConfig(model=args["model"], dataset=args["corpus"], out=args["out"], dtype="fp16",
-                        batch_size=BATCH, min_words=1, max_words=10_000, max_tokens=args["max_tokens"], shard_size=8192)
+                        batch_size=BATCH, min_words=1, max_words=10_000, max_tokens=args["max_tokens"],
+                        shard_size=SHARD_ROWS)
     collect.run(cfg)
     split = open_cache(args["out"]).split("train")
     # collect_seconds: streaming, filtering, tokenising, encoding and committing shards (model loaded)

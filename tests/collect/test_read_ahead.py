@@ -55,3 +55,11 @@ def test_closing_the_consumer_early_stops_the_producer_thread():
     reader.close()
     left = [t for t in threading.enumerate() if t.ident not in before and t.name == "sgdd-read-ahead"]
     assert not left
+
+
+def test_closing_early_after_the_producer_has_finished_does_not_hang():
+    reader = read_ahead(iter(range(2)), depth=1)  # item 1 fills the queue; the end waits behind it
+    assert next(reader) == 0
+    time.sleep(0.2)
+    reader.close()  # returns: the producer's last offers give up once the consumer stops
+    assert not [t for t in threading.enumerate() if t.name == "sgdd-read-ahead"]

@@ -77,20 +77,24 @@ def read_ahead(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     box: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def offer(entry: tuple) -> bool:
+        """Queue ``entry`` unless the consumer has stopped (then False)."""
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        box.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        pass
-                if stop.is_set():
+                if not offer((item, None)):
                     return
-            box.put((_END, None))
+            offer((_END, None))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            box.put((_END, e))
+            offer((_END, e))
 
     thread = threading.Thread(target=produce, name="sgdd-read-ahead", daemon=True)
     thread.start()
