@@ -82,7 +82,7 @@ def test_resume_refuses_a_changed_config_listing_every_difference(tiny_cache, tm
 
 def test_a_kill_between_the_renames_of_a_save_is_repaired(tiny_cache, tmp_path):
     over = {"optim.max_steps": 4, "save_every": 1}
-    whole = fit(tiny_cfg(tiny_cache, tmp_path / "whole", **over))
+    fit(tiny_cfg(tiny_cache, tmp_path / "whole", **over))
     fit(tiny_cfg(tiny_cache, tmp_path / "r", **over), stop_at=2)
     ckpts = tmp_path / "r/checkpoints"
     # what a kill after `rename(last, .last.old-PID)` and before `rename(.last.tmp-PID, last)` leaves
