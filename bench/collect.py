@@ -47,7 +47,10 @@ def _load(model_dir: str):
 def _mean_pool(model, ids, attn):
     import torch
 
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    from sgdd.runtime import pick_precision
+
+    # the precision sgdd's `auto` picks on this machine (bf16 only where native), so every method computes alike
+    with torch.inference_mode(), pick_precision("auto", torch.device("cpu")).autocast():
         h = model(input_ids=ids, attention_mask=attn).last_hidden_state.float()
     m = attn.unsqueeze(-1).float()
     return (h * m).sum(1) / m.sum(1)
