@@ -17,6 +17,7 @@ Worker: ``python -m bench.collect '{"method": ..., "model": ..., "corpus": ..., 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -44,13 +45,21 @@ def _load(model_dir: str):
     return tok, model
 
 
-def _mean_pool(model, ids, attn):
+@functools.cache
+def _precision():
+    """The precision sgdd's ``auto`` picks on this machine (bf16 only where native), decided once,
+    so that every method computes alike."""
     import torch
 
     from sgdd.runtime import pick_precision
 
-    # the precision sgdd's `auto` picks on this machine (bf16 only where native), so every method computes alike
-    with torch.inference_mode(), pick_precision("auto", torch.device("cpu")).autocast():
+    return pick_precision("auto", torch.device("cpu"))
+
+
+def _mean_pool(model, ids, attn):
+    import torch
+
+    with torch.inference_mode(), _precision().autocast():
         h = model(input_ids=ids, attention_mask=attn).last_hidden_state.float()
     m = attn.unsqueeze(-1).float()
     return (h * m).sum(1) / m.sum(1)

@@ -62,7 +62,7 @@ def m_eagle(args: dict) -> dict:
     import torch
 
     from sgdd.models.encoder import resolve_model
-    from sgdd.runtime import pick_precision
+    from bench.collect import _precision
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -77,7 +77,7 @@ def m_eagle(args: dict) -> dict:
     with Timer() as t:
         for i, ids in enumerate(windows):
             x = torch.tensor([ids])
-            with torch.inference_mode(), pick_precision("auto", torch.device("cpu")).autocast():  # as sgdd's auto
+            with torch.inference_mode(), _precision().autocast():  # as sgdd's auto
                 h = model(input_ids=x, output_hidden_states=True).hidden_states[-1]
             torch.save({"input_ids": x[0].cpu(), "hidden_state": h[0].half().cpu(),
                         "loss_mask": torch.ones(len(ids), dtype=torch.long)}, out / f"data_{i}.ckpt")
