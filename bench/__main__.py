@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only collect,train,decode,scale] [--reps N] [--json FILE]
+"""python -m bench [--quick] [--only collect,train,decode,scale,fewrows] [--reps N] [--json FILE]
 
 Runs the suites, prints one table per suite and writes everything as JSON. --quick is a
 seconds-long smoke run on the tiny in-process model: it exercises every code path and asserts
@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import collect, collect_llm, decode, precision, scale, train
+from bench import collect, collect_llm, decode, fewrows, precision, scale, train
 from bench.common import Setup, pick_model, write_corpus
 
-SUITES = ("collect", "collect_llm", "precision", "train", "decode", "scale")
+SUITES = ("collect", "collect_llm", "precision", "train", "decode", "scale", "fewrows")
 
 
 def machine() -> dict:
@@ -146,6 +146,9 @@ def main() -> None:
             results["scale"] = scale.run_suite(setup, small=128 if args.quick else 2000, factor=10,
                                                train_steps=2 if args.quick else 10)
             print_suite("scale", results["scale"])
+        if "fewrows" in only:
+            results["fewrows"] = fewrows.run_suite(collect_llm.pick_llm(workdir, args.quick), reps)
+            print_suite("few-row forwards of the causal LM (greedy step vs verification)", results["fewrows"])
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"\nresults written to {args.json}")
     finally:

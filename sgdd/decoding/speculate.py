@@ -32,6 +32,7 @@ import torch
 
 from sgdd.decoding.maskgit import decode
 from sgdd.decoding.samplers import Sampling
+from sgdd.models import fewrows
 from sgdd.runtime import Precision
 
 Drafter = Callable[[torch.Tensor, list[int]], list[int]]
@@ -47,11 +48,16 @@ class BaseLM:
     (new tokens), ``rollback`` (crop the cache). ``lm``: a FrozenCausalLM (its ``base``
     transformer, LM ``head``, ``device``, ``precision``). ``layer``: the hidden state the MTP
     head was trained on (-1 = the LM head's input, as the cache stored it); ``stored_dtype``:
-    the cache's dtype of it, so the head sees h rounded as in training."""
+    the cache's dtype of it, so the head sees h rounded as in training. On CPU the model's linear
+    layers compute their few rows (1 in greedy, L in a verification) as W @ x^T
+    (:mod:`sgdd.models.fewrows`; ``few_rows=False`` leaves the model as it is); both loops then
+    use the same form."""
 
-    def __init__(self, lm, layer: int = -1, stored_dtype: torch.dtype = torch.float32):
+    def __init__(self, lm, layer: int = -1, stored_dtype: torch.dtype = torch.float32, few_rows: bool = True):
         self.lm, self.layer, self.stored_dtype = lm, layer, stored_dtype
         self.device: torch.device = lm.device
+        if few_rows and self.device.type == "cpu":
+            fewrows.use_few_rows(lm.model)
         self.precision: Precision = lm.precision
         self.cache = None
         self.forwards = 0
@@ -171,7 +177,8 @@ def speculate(lm: BaseLM, drafter: Drafter, prompt: list[int], max_new_tokens: i
 class _FewRows:
     """The head as :func:`decode` sees it, except that the vocabulary projection of the few open
     rows of a draft (at most L - 1) is not padded to the decoder's row bucket (128 rows: 40x the
-    work of a 3-token draft at a 49k vocabulary). Everything else is the head's own."""
+    work of a 3-token draft at a 49k vocabulary) and runs as W @ x^T on CPU
+    (:mod:`sgdd.models.fewrows`). Everything else is the head's own."""
 
     def __init__(self, model):
         self._model = model
@@ -183,9 +190,10 @@ class _FewRows:
         return self._model(*args, **kwargs)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if hidden.dim() == 2:  # [M, d] -> [1, M, d]: the unpadded path -> [M, V]
-            return self._model.logits(hidden[None])[0]
-        return self._model.logits(hidden)
+        m = self._model
+        out = fewrows.linear(m.emb_out(hidden), m.output_weight, m.out_bias)  # [..., V]
+        out[..., m.mask_id] = float("-inf")
+        return out
 
 
 class HeadDrafter:
@@ -194,7 +202,10 @@ class HeadDrafter:
 
     def __init__(self, model, block_length: int, sampling: Sampling, device: torch.device, precision: Precision,
                  seed: int = 0):
-        self.model, self.L, self.device, self.precision = _FewRows(model.to(device).eval()), block_length, device, precision
+        model = model.to(device).eval()
+        if device.type == "cpu":
+            fewrows.use_few_rows(model)
+        self.model, self.L, self.device, self.precision = _FewRows(model), block_length, device, precision
         self.sampling = sampling.check()
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
