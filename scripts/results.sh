@@ -5,7 +5,7 @@
 # three single-thread jobs side by side (OMP_NUM_THREADS=1), under 3 hours of wall time.
 #   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
 #   bash scripts/results.sh recon-cpu-collect recon-cpu eval-recon-cpu recon-cpu-ablations eval-recon-cpu-ablations
-#   bash scripts/results.sh mtp-speculate   (separate: the MTP head as a speculative decoder, see its section)
+#   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen   (the MTP head as a speculative decoder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
@@ -119,24 +119,40 @@ eval_recon_cpu_ablations() {
   done
 }
 # ------------------------------------------------------------------------------------------------
-# MTP head as a speculative decoder (`sgdd speculate`): a head trained on SmolLM2's own greedy
-# continuations (--generate), then greedy generation with it as drafter against plain greedy on
-# held-out prompts (the first test-split articles; training used train-split articles only).
-#   bash scripts/results.sh mtp-speculate
+# MTP head as a speculative decoder (`sgdd speculate`, RESULTS.md section 3b). Two heads of the same
+# size, data size and wall time: one trained on SmolLM2's own greedy continuations of train-split
+# articles (--generate, self-consistent labels), one on the articles' own text (teacher-forced
+# labels, as section 3). Both are scored per position on continuations of test-split articles and
+# run as drafters on 100 test-split articles (never in training), against plain greedy.
+#   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen
 # ------------------------------------------------------------------------------------------------
-mtp_speculate() {
-  OMP_NUM_THREADS=1 $SGDD collect --model SmolLM2-135M-Instruct --dataset wiki --data-dir "$DATA/wiki" \
-    --split train:96 --sample-size 128 --stride 128 --generate --max-new-tokens 192 \
-    --dtype fp32 --precision fp32 --out cache/smollm2-gen
-  OMP_NUM_THREADS=1 train runs/mtp-smollm2-gen --config configs/mtp-cpu.yaml --cache cache/smollm2-gen \
-    --set given=1 --set consistent_labels=true --set optim.max_steps=300 --set optim.warmup_steps=50 \
-    --set eval_every=100 --set save_every=100 --set precision=fp32
+SMOL=(--model SmolLM2-135M-Instruct --dataset wiki --data-dir "$DATA/wiki" --sample-size 128 --stride 64
+      --dtype fp32 --precision fp32 --batch-size 32)
+GEN_WINDOWS=${GEN_WINDOWS:-1920}  # 480 articles: the prompt (128 tokens) + 192 generated, windows at stride 64
+mtp_gen_collect() {
+  $SGDD collect "${SMOL[@]}" --generate --max-new-tokens 192 --split train:$GEN_WINDOWS --out cache/smollm2-gen
+  $SGDD collect "${SMOL[@]}" --split train:$GEN_WINDOWS --out cache/smollm2-doc
+  $SGDD collect "${SMOL[@]}" --generate --max-new-tokens 192 --split test:256 --out cache/smollm2-gen-test
+}
+mtp_gen() {  # the two heads side by side, one thread each, 40 minutes each
+  local common=(--config configs/mtp-cpu.yaml --set given=1 --set optim.max_steps=100000 --set optim.max_minutes=40
+                --set precision=fp32 --set eval_every=500 --set save_every=500)
+  OMP_NUM_THREADS=1 train runs/mtp-gen --cache cache/smollm2-gen --set consistent_labels=true "${common[@]}" &
+  OMP_NUM_THREADS=1 train runs/mtp-doc --cache cache/smollm2-doc --set consistent_labels=false "${common[@]}" &
+  wait
+}
+eval_mtp_gen() {
+  for run in runs/mtp-gen runs/mtp-doc; do
+    $SGDD eval --run $run --cache cache/smollm2-gen-test --split test --given 1 --consistent-labels \
+      --out $run/eval-gen-test
+  done
   $SGDD_PY -c 'import json, pyarrow.parquet as pq
-for t in pq.read_table("'"$DATA"'/wiki/test.parquet").column("text").to_pylist()[:12]:
-    print(json.dumps({"text": t[:2000]}))' > runs/mtp-smollm2-gen/prompts-test.jsonl
-  OMP_NUM_THREADS=1 $SGDD speculate --run runs/mtp-smollm2-gen --prompts runs/mtp-smollm2-gen/prompts-test.jsonl \
-    --prompt-tokens 128 --max-new-tokens 64 --draft-passes 1 --precision fp32 --device cpu \
-    --out runs/mtp-smollm2-gen/speculate-test
+for t in pq.read_table("'"$DATA"'/wiki/test.parquet").column("text").to_pylist()[:100]:
+    print(json.dumps({"text": t[:2000]}))' > runs/prompts-test-100.jsonl
+  for run in runs/mtp-gen runs/mtp-doc; do
+    $SGDD speculate --run $run --prompts runs/prompts-test-100.jsonl --prompt-tokens 128 --max-new-tokens 64 \
+      --draft-passes 1 --precision fp32 --device cpu --out $run/speculate-test
+  done
 }
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}

@@ -90,3 +90,18 @@ def test_training_uses_the_choice_and_records_it(caches, tmp_path, monkeypatch, 
     meta = json.loads((result.run_dir / "checkpoints" / "last" / "model.json").read_text())
     assert meta["consistent_labels"] is recorded
     assert any((x0 == IGNORE_INDEX).any() for x0 in seen) is recorded  # the tiny LM rarely follows the text
+
+
+@pytest.mark.parametrize("asked", [None, True, False])
+def test_eval_scores_the_labels_it_is_asked_for(caches, asked):
+    """`sgdd eval --consistent-labels`: None keeps the run's choice (here off), True drops the
+    labels after the chain leaves greedy, as training would."""
+    from sgdd.stages.evaluate.data import load_eval_data
+
+    plain, _ = caches
+    split = open_cache(plain).split("train")
+    tok = open_cache(plain).tokenizer()
+    data = load_eval_data(split, None, {"block_length": L, "consistent_labels": False}, {}, tok, None, consistent=asked)
+    view = next_block_view(split, L, consistent=bool(asked))
+    assert torch.equal(data.ref_ids, view.batch(torch.arange(len(view))).x0)
+    assert bool((data.ref_ids == IGNORE_INDEX).any()) is bool(asked)

@@ -42,6 +42,9 @@ class EvalConfig(Sampling):
                             "base model's own next token, which its LM head computes in the pass that made "
                             "h_l); position_accuracy and acceptance_length score the drafted positions. "
                             "null = as the run was trained (0 unless it set given).")
+    consistent_labels: bool | None = doc(None, "MTP head: score a block only up to its first label that leaves the "
+                                         "base model's greedy chain (labels a verifier would produce); "
+                                         "null = as the run was trained.")
     length: str | None = doc(None, "Sentences: positions decoded per row. max = the model's max_len (it writes the "
                              "end token and padding itself); predicted = the length head's most likely length; "
                              "oracle = the reference's length; beam:N = the N most likely lengths decoded, the best "

@@ -78,11 +78,13 @@ def load_windows(split: CacheSplit, length: int, tokenizer, max_samples: int | N
 
 
 def load_eval_data(split: CacheSplit, model, meta: dict, special: dict, tokenizer, max_samples: int | None,
-              max_tokens: int | None = None) -> EvalData:
+              max_tokens: int | None = None, consistent: bool | None = None) -> EvalData:
+    """The rows to decode; ``consistent`` (windows): None = as the run trained (``meta``)."""
     kind = cache_kind(split)
     if kind not in KIND_TASK:
         raise SgddError(f"split {split.dir} has kind {kind!r}; sgdd eval knows {', '.join(KIND_TASK)}")
     if kind == "windows":
-        return load_windows(split, meta.get("block_length") or model.cfg.max_len, tokenizer, max_samples,
-                            bool(meta.get("consistent_labels")))
+        if consistent is None:
+            consistent = bool(meta.get("consistent_labels"))
+        return load_windows(split, meta.get("block_length") or model.cfg.max_len, tokenizer, max_samples, consistent)
     return load_sentences(split, kind, model.cfg.max_len, special, tokenizer, max_samples, max_tokens)

@@ -48,7 +48,9 @@ def run(cfg: EvalConfig) -> Path:
         metrics_for(setting, kind)  # refuse a metric the task cannot feed before decoding
     special = special_ids(cache.encoder_info, meta)
     tokenizer = cache.tokenizer()
-    data = load_eval_data(split, model, meta, special, tokenizer, cfg.max_samples, cfg.max_tokens)
+    if cfg.consistent_labels is not None and kind != "windows":
+        raise SgddError(f"consistent_labels applies to an MTP eval (a windows split); this is a {KIND_TASK[kind]} eval")
+    data = load_eval_data(split, model, meta, special, tokenizer, cfg.max_samples, cfg.max_tokens, cfg.consistent_labels)
     given = meta.get("given", 0) if cfg.given is None else cfg.given  # null: as the run was trained
     if given and (kind != "windows" or given >= data.length):
         raise SgddError(f"given={given} needs an MTP eval (a windows split) with blocks longer than that; "
