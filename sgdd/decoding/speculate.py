@@ -177,8 +177,8 @@ def speculate(lm: BaseLM, drafter: Drafter, prompt: list[int], max_new_tokens: i
 class _FewRows:
     """The head as :func:`decode` sees it, except that the vocabulary projection of the few open
     rows of a draft (at most L - 1) is not padded to the decoder's row bucket (128 rows: 40x the
-    work of a 3-token draft at a 49k vocabulary) and runs as W @ x^T on CPU
-    (:mod:`sgdd.models.fewrows`). Everything else is the head's own."""
+    work of a 3-token draft at a 49k vocabulary), so that it runs as W @ x^T on CPU
+    (:func:`sgdd.models.fewrows.linear`). Everything else is the head's own."""
 
     def __init__(self, model):
         self._model = model
@@ -190,10 +190,9 @@ class _FewRows:
         return self._model(*args, **kwargs)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        m = self._model
-        out = fewrows.linear(m.emb_out(hidden), m.output_weight, m.out_bias)  # [..., V]
-        out[..., m.mask_id] = float("-inf")
-        return out
+        if hidden.dim() == 2:  # [M, d] -> [1, M, d]: the unpadded path -> [M, V]
+            return self._model.logits(hidden[None])[0]
+        return self._model.logits(hidden)
 
 
 class HeadDrafter:

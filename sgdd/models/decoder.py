@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from sgdd.config import doc
 from sgdd.errors import SgddError
+from sgdd.models import fewrows
 
 CONDITIONINGS = ("cross", "adaln", "prefix")
 INIT_BODIES = ("none", "encoder")
@@ -125,7 +126,7 @@ def project_logits(head: nn.Module, hidden: torch.Tensor, weight: torch.Tensor, 
     rows = hidden.shape[0] if hidden.dim() == 2 else None
     if rows is not None and rows % ROW_BUCKET:
         hidden = F.pad(hidden, (0, 0, 0, ROW_BUCKET - rows % ROW_BUCKET))
-    out = F.linear(head(hidden), weight, bias)
+    out = fewrows.linear(head(hidden), weight, bias)  # F.linear, or W @ x^T for a few rows on CPU
     out[..., mask_id] = float("-inf")
     return out if rows is None else out[:rows]
 

@@ -6,7 +6,9 @@ takes about twice as long as for one row, although both read the same weights on
 W @ x^T, the weight is the large left operand and the cost stays near the one-row cost: on an AMD
 EPYC (AVX2, fp32, 2 threads), SmolLM2's 1536x576 projection over 4 rows took 380 us against 900 us,
 and its 49152x576 LM head 13 ms against 44 ms. ``python -m bench --only fewrows`` measures it on
-the machine at hand. Above ``FEW_ROWS`` rows, and off the CPU, ``F.linear`` is kept.
+the machine at hand. Above ``FEW_ROWS`` rows, and off the CPU, ``F.linear`` is kept. Users:
+the base model of ``sgdd speculate`` (converted with :func:`use_few_rows`), the MTP head that
+drafts for it, and every decoder's vocabulary projection (``project_logits``).
 
 The two forms are the same product in another summation order, so results agree to rounding,
 not bit for bit; greedy and speculative loops that are compared with each other use the same form.
