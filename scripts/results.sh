@@ -143,7 +143,7 @@ mtp_gen() {  # the two heads side by side, one thread each, 40 minutes each
 }
 eval_mtp_gen() {
   for run in runs/mtp-gen runs/mtp-doc; do
-    $SGDD eval --run $run --cache cache/smollm2-gen-test --split test --given 1 --consistent-labels \
+    $SGDD eval --run $run --cache cache/smollm2-gen-test --split test --given 1 --consistent-labels --steps 1 \
       --out $run/eval-gen-test
   done
   $SGDD_PY -c 'import json, pyarrow.parquet as pq
