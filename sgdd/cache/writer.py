@@ -152,8 +152,28 @@ class SplitWriter:
                     return {"<unreadable>": name}
         return None
 
+    def _write_state(self) -> None:
+        write_json_atomic(self.dir / fmt.COLLECT_STATE,
+                          {"schema_version": fmt.SCHEMA_VERSION, "kind": self.kind, "settings": self.settings})
+
+    def _new_cap_fits(self, old: dict) -> bool:
+        """An unfinished split whose settings differ only in the row cap (``max_rows``) goes on
+        under the new cap when its committed rows fit in it: they are the first rows of the same
+        stream (a collect stopped early and finished with fewer rows, or given more)."""
+        def rest(settings: dict) -> dict:
+            return {k: v for k, v in settings.items() if k != "max_rows"}
+
+        if (self.dir / fmt.MANIFEST).exists() or rest(old) != rest(self.settings):
+            return False
+        self.rescan()
+        cap = self.settings.get("max_rows")
+        return cap is None or self.committed_rows <= cap
+
     def _prepare(self, overwrite: bool) -> None:
         old = self._old_settings()
+        if old is not None and old != self.settings and not overwrite and self._new_cap_fits(old):
+            self._write_state()
+            old = self.settings
         if old is not None and old != self.settings:
             if not overwrite:
                 diff = "; ".join(settings_diff(old, self.settings))
@@ -162,8 +182,7 @@ class SplitWriter:
             old = None
         if old is None:
             self._clear()
-            write_json_atomic(self.dir / fmt.COLLECT_STATE,
-                                  {"schema_version": fmt.SCHEMA_VERSION, "kind": self.kind, "settings": self.settings})
+            self._write_state()
             return
         # Same settings: keep the committed shards, drop anything half-written by a killed run.
         for p in self.dir.iterdir():

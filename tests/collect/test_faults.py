@@ -127,6 +127,26 @@ def test_kill_9_at_several_moments_then_resume_gives_exactly_the_clean_rows(tiny
     assert not [p for p in split_dir.iterdir() if p.name.startswith(".") and p.name != fmt.LOCK_FILE]
 
 
+@pytest.mark.slow
+def test_a_stopped_collect_finishes_under_another_row_cap(tiny_encoder_dir, corpus, tmp_path):
+    """Killed after its last shard (12 rows) but before the manifest: rerun with a cap that the
+    committed rows fit, it goes on to exactly the rows of a clean collect with that cap; with a
+    cap below them it is refused."""
+    clean = open_cache(collect.run(config(tiny_encoder_dir, corpus, tmp_path / "clean", splits=["train:15"])))
+    for cap, fits in ((15, True), (9, False)):
+        out = tmp_path / f"stopped-{cap}"
+        proc = child("manifest", [*args(tiny_encoder_dir, corpus, out), "--split", "train:12"])
+        assert proc.wait() == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+        assert committed_shards_are_intact(out / "train") == 4
+        if not fits:
+            with pytest.raises(SgddError, match="max_rows: 12 -> 9.*--overwrite"):
+                collect.run(config(tiny_encoder_dir, corpus, out, splits=[f"train:{cap}"]))
+            continue
+        resumed = open_cache(collect.run(config(tiny_encoder_dir, corpus, out, splits=[f"train:{cap}"]))).split("train")
+        assert resumed.column("id") == clean.split("train").column("id") and resumed.num_rows == cap
+        assert torch.allclose(resumed.array("vectors"), clean.split("train").array("vectors"), atol=1e-6)
+
+
 # -- write errors ---------------------------------------------------------------------------------
 def invoke(*argv):
     return CliRunner().invoke(cli, ["collect", *map(str, argv)])
