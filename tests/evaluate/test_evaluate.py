@@ -424,3 +424,8 @@ def test_bad_input_gives_one_line_and_exit_1(args, message, bad_input_env):
     assert message in r.output
     assert "Traceback" not in r.output
     assert len([line for line in r.output.splitlines() if line.startswith("Error:")]) == 1
+
+
+def test_consistent_labels_need_an_mtp_eval(tmp_path, tiny_cache):
+    with pytest.raises(SgddError, match="consistent_labels applies to an MTP eval"):
+        evaluate.run(eval_cfg(make_run(tmp_path / "run", tiny_cache), consistent_labels=True))
