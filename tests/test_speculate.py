@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from sgdd.cache import open_cache
 from sgdd.cli import cli
 from sgdd.decoding.samplers import Sampling
-from sgdd.decoding.speculate import BaseLM, HeadDrafter, greedy, speculate
+from sgdd.decoding.speculate import BaseLM, HeadDrafter, draft_vocabulary, greedy, speculate
 from sgdd.models.decoder import Decoder
 from sgdd.models.decoder import DecoderConfig
 from sgdd.stages.collect.config import CollectConfig
@@ -145,6 +145,38 @@ def test_the_drafters_hidden_state_is_the_one_the_cache_stored(lm_dir, lm, tmp_p
     assert torch.allclose(hidden, stored[7:10], atol=1e-5)
 
 
+def test_the_draft_vocabulary_is_the_most_frequent_labels():
+    labels = [[5, 5, 9, 3], [9, 5, 7, 7, 2], [3, 11]]  # counts: 5:3, 9:2, 3:2, 7:2, 2:1, 11:1
+    assert draft_vocabulary(labels, 1).tolist() == [5]
+    assert draft_vocabulary(labels, 3).tolist() == [3, 5, 7]  # ties (9, 3, 7 twice each): smaller ids first
+    assert draft_vocabulary(labels, 3, exclude=[5]).tolist() == [3, 7, 9]
+    assert draft_vocabulary(labels, 100).tolist() == [2, 3, 5, 7, 9, 11]
+    with pytest.raises(ValueError, match="at least one token"):
+        draft_vocabulary(labels, 0)
+
+
+def test_a_draft_vocabulary_limits_the_drafts_not_the_output(lm, prompts):
+    """Drafts come only from the given ids, and are the full drafter's wherever its own draft lies
+    in them (here: the whole vocabulary but a few of the tokens it drafted); the output is greedy's."""
+    V = lm.model.config.vocab_size
+    head = random_head(lm, seed=5)
+    h = torch.randn(6, lm.hidden_size)
+    full = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision)
+    wanted = {t for i in range(6) for t in full(h[i], [1, 20 + i])}
+    banned = sorted(wanted)[:2]
+    vocab = torch.tensor([t for t in range(V) if t not in banned])
+    limited = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, vocab=vocab)
+    small = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, vocab=torch.tensor([3, 8]))
+    for i in range(6):
+        ref, got = full(h[i], [1, 20 + i]), limited(h[i], [1, 20 + i])
+        assert not set(got) & set(banned)
+        assert [g for g, r in zip(got, ref) if r not in banned] == [r for r in ref if r not in banned]
+        assert set(small(h[i], [1, 20 + i])) <= {3, 8}
+    base = BaseLM(lm)
+    for prompt in prompts:
+        assert speculate(base, small, prompt, 20, vocab_size=V).tokens == hf_greedy(lm, prompt, 20)
+
+
 # --------------------------------------------------------------------------------------------
 # `sgdd speculate` end to end
 # --------------------------------------------------------------------------------------------
@@ -194,6 +226,20 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_run, prompt_file, tmp_pa
     assert (out / "report.md").read_text().count("identical to greedy: **True**") == 1
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and sum(r["tokens"] for r in rows) == report["tokens"]
+    assert report["draft_vocab"] is None
+
+
+def test_cli_drafts_from_the_most_frequent_training_labels(tiny_run, prompt_file, tmp_path):
+    out = tmp_path / "spec"
+    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--max-new-tokens", "12",
+                           "--checkpoint", "last", "--draft-vocab", "5", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["identical_to_greedy"] is True and report["draft_vocab"] == 5
+    assert "the 5 most frequent training labels" in (out / "report.md").read_text()
+    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--checkpoint", "last",
+                           "--draft-vocab", "0")
+    assert result.exit_code == 1 and "draft_vocab must be at least 1" in result.output
 
 
 def test_cli_fails_when_the_output_differs_from_greedy(tiny_run, prompt_file, tmp_path, monkeypatch):

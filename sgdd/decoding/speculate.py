@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -174,14 +175,24 @@ def speculate(lm: BaseLM, drafter: Drafter, prompt: list[int], max_new_tokens: i
                       accepted, drafting)
 
 
-class _FewRows:
-    """The head as :func:`decode` sees it, except that the vocabulary projection of the few open
-    rows of a draft (at most L - 1) is not padded to the decoder's row bucket (128 rows: 40x the
-    work of a 3-token draft at a 49k vocabulary), so that it runs as W @ x^T on CPU
-    (:func:`sgdd.models.fewrows.linear`). Everything else is the head's own."""
+class _DraftView:
+    """The head as :func:`decode` sees it, except for its vocabulary projection:
 
-    def __init__(self, model):
-        self._model = model
+    - the few open rows of a draft (at most L - 1) are not padded to the decoder's row bucket
+      (128 rows: 40x the work of a 3-token draft at a 49k vocabulary), so that the projection
+      runs as W @ x^T on CPU (:func:`sgdd.models.fewrows.linear`);
+    - with ``vocab`` (token ids [N]), only those rows of the output matrix are computed and every
+      other token gets -inf. A one-layer head's draft is mostly the read of its output matrix
+      (49k x 576 floats for SmolLM2), so a draft over the N tokens the head was trained to
+      predict costs a fraction of one over the whole vocabulary.
+
+    Everything else is the head's own."""
+
+    def __init__(self, model, vocab: torch.Tensor | None = None):
+        self._model, self.vocab = model, vocab
+        if vocab is not None:
+            self._weight = model.output_weight.detach()[vocab].contiguous()  # [N, E]
+            self._bias = model.out_bias.detach()[vocab].contiguous()  # [N]
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -190,6 +201,11 @@ class _FewRows:
         return self._model(*args, **kwargs)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.vocab is not None:
+            part = fewrows.linear(self._model.emb_out(hidden), self._weight, self._bias)  # [..., N]
+            out = part.new_full((*part.shape[:-1], self._model.vocab_size), float("-inf"))
+            out[..., self.vocab] = part
+            return out
         if hidden.dim() == 2:  # [M, d] -> [1, M, d]: the unpadded path -> [M, V]
             return self._model.logits(hidden[None])[0]
         return self._model.logits(hidden)
@@ -197,14 +213,16 @@ class _FewRows:
 
 class HeadDrafter:
     """A trained MTP head as drafter: a block of ``block_length`` tokens conditioned on h, the
-    base model's own next token given at position 0, decoded in ``sampling.steps`` passes."""
+    base model's own next token given at position 0, decoded in ``sampling.steps`` passes.
+    ``vocab``: the token ids [N] the drafts may use (default all; see :func:`draft_vocabulary`)."""
 
     def __init__(self, model, block_length: int, sampling: Sampling, device: torch.device, precision: Precision,
-                 seed: int = 0):
+                 seed: int = 0, vocab: torch.Tensor | None = None):
         model = model.to(device).eval()
         if device.type == "cpu":
             fewrows.use_few_rows(model)
-        self.model, self.L, self.device, self.precision = _FewRows(model), block_length, device, precision
+        vocab = None if vocab is None else vocab.to(device)
+        self.model, self.L, self.device, self.precision = _DraftView(model, vocab), block_length, device, precision
         self.sampling = sampling.check()
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
@@ -214,3 +232,18 @@ class HeadDrafter:
         with self.precision.autocast():
             ids = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix, sampling=self.sampling)  # [1, L]
         return ids[0, 1:].tolist()
+
+
+def draft_vocabulary(labels: Iterable[Sequence[int]], size: int, exclude: Sequence[int] = ()) -> torch.Tensor:
+    """The ``size`` most frequent token ids of ``labels`` (sequences of ids; ties: the smaller id
+    first), none of ``exclude`` -> sorted ids [<= size]. Drafting only these leaves the output
+    unchanged (the verifier decides every token) and costs only the drafts of the other tokens."""
+    if size < 1:
+        raise ValueError(f"a draft vocabulary needs at least one token, got size {size}")
+    counts: Counter[int] = Counter()
+    for ids in labels:
+        counts.update(ids)
+    for token in exclude:
+        counts.pop(token, None)
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]
+    return torch.tensor(sorted(k for k, _ in top), dtype=torch.long)

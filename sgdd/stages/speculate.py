@@ -29,12 +29,13 @@ from pathlib import Path
 
 import click
 import torch
+import yaml
 
 from sgdd.cache import format as fmt
 from sgdd.io import write_json_atomic
 from sgdd.cache.reader import Cache, open_cache
 from sgdd.decoding.samplers import Sampling
-from sgdd.decoding.speculate import BaseLM, Generation, HeadDrafter, greedy, speculate
+from sgdd.decoding.speculate import BaseLM, Generation, HeadDrafter, draft_vocabulary, greedy, speculate
 from sgdd.config import doc, save_yaml
 from sgdd.errors import SgddError
 from sgdd.runtime import default_threads, pick_device, pick_precision, seed_everything
@@ -67,6 +68,10 @@ class SpeculateConfig:
     device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
     precision: str = doc("fp32", "Compute precision of both loops: fp32, bf16, fp16 (auto: bf16 on CPU).")
     seed: int = doc(0, "Seed of the drafter's generator (random samplers).")
+    draft_vocab: int | None = doc(None, "Draft only the N tokens most frequent among the run's training labels (the "
+                                  "base model's next tokens in its cache's training split); null = the whole "
+                                  "vocabulary. The output is the base model's greedy output either way; a small "
+                                  "draft vocabulary makes a draft cheaper and loses the drafts of rarer tokens.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,6 +128,16 @@ def load_base(cache: Cache, cfg: SpeculateConfig, device: torch.device, precisio
 # --------------------------------------------------------------------------------------------
 # the measurement
 # --------------------------------------------------------------------------------------------
+def training_labels(run_dir: Path, cache: Cache) -> list[list[int]]:
+    """The base model's next tokens (``output_ids``) of every window of the run's training split."""
+    path = run_dir / "config.yaml"
+    split = (yaml.safe_load(path.read_text()) or {}).get("train_split", "train") if path.is_file() else "train"
+    if split not in cache.splits:
+        raise SgddError(f"the run's training split {split!r} is not in cache {cache.dir}; "
+                        "a draft vocabulary is counted on it (or drop --draft-vocab)")
+    return cache.split(split, verify=False).column("output_ids")
+
+
 def first_difference(a: list[int], b: list[int]) -> int | None:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
@@ -172,7 +187,8 @@ def write_markdown(report: dict, out: Path, picture: Path | None) -> None:
         "",
         f"- run `{report['run']}`, checkpoint `{report['checkpoint']}` ({report['weights']} weights), "
         f"block {report['block_length']} (drafts {report['block_length'] - 1} tokens a pass), "
-        f"{report['draft_passes']} draft pass(es), sampler {report['sampling']['sampler']}",
+        f"{report['draft_passes']} draft pass(es), sampler {report['sampling']['sampler']}, drafts from "
+        + (f"the {report['draft_vocab']} most frequent training labels" if report.get("draft_vocab") else "the whole vocabulary"),
         f"- base model `{report['model']}`" + (f" ({report['gguf_file']})" if report.get("gguf_file") else "")
         + f", hidden state layer {report['layer']} stored as {report['hidden_dtype']}",
         f"- {report['prompts']} prompts, up to {report['max_new_tokens']} new tokens each; device {report['device']}, "
@@ -203,6 +219,8 @@ def run(cfg: SpeculateConfig) -> Path:
     default_threads()
     if cfg.max_new_tokens < 1 or cfg.draft_passes < 1 or cfg.prompt_tokens < 1:
         raise SgddError("max_new_tokens, draft_passes and prompt_tokens must be at least 1")
+    if cfg.draft_vocab is not None and cfg.draft_vocab < 1:
+        raise SgddError(f"draft_vocab must be at least 1 (or null for the whole vocabulary), got {cfg.draft_vocab}")
     sampling = Sampling(sampler=cfg.sampler, steps=cfg.draft_passes, schedule=cfg.schedule, tau=cfg.tau).check()
     texts = read_prompts(cfg.prompts, cfg.max_prompts)
     run_dir = Path(cfg.run) if cfg.run else latest_run()
@@ -224,7 +242,10 @@ def run(cfg: SpeculateConfig) -> Path:
     eos = lm.special_ids()["eos_id"]
     base = BaseLM(lm, settings.get("layer", -1), fmt.STORED_DTYPES[settings.get("dtype", "fp32")][1])
     seed_everything(cfg.seed)
-    drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed)
+    vocab = None
+    if cfg.draft_vocab is not None:
+        vocab = draft_vocabulary(training_labels(run_dir, cache), cfg.draft_vocab, exclude=[head.mask_id])
+    drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed, vocab)
     prompts = [lm.tokenizer(t)["input_ids"][: cfg.prompt_tokens] for t in texts]
 
     greedy(base, prompts[0], min(8, cfg.max_new_tokens), eos)  # warm-up (first calls allocate), not timed
@@ -249,7 +270,7 @@ def run(cfg: SpeculateConfig) -> Path:
         "device": str(device), "precision": precision.name, "threads": torch.get_num_threads(),
         "prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens, "block_length": block_length,
         "given": meta.get("given", 0), "consistent_labels": meta.get("consistent_labels"),
-        "draft_passes": cfg.draft_passes, "sampling": dataclasses.asdict(sampling),
+        "draft_passes": cfg.draft_passes, "draft_vocab": None if vocab is None else len(vocab), "sampling": dataclasses.asdict(sampling),
         "identical_to_greedy": not differences, "differences": differences[:20],
         **summary(greedy_runs, spec_runs, block_length),
     }
