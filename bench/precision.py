@@ -14,6 +14,8 @@ Methods::
     bf16          bf16 autocast, no compile (the old default on every CPU)
     auto          ``precision: auto`` (the choice this machine gets), no compile
     auto_compile  ``precision: auto`` with ``train.compile: true``
+    auto_plain_ce ``precision: auto`` with the vocabulary projection and the cross-entropy as before
+                  the fused loss (logits [M, V] formed, autograd backward): the reference for it
 
 Worker: ``python -m bench.precision '{"method": ..., "cache": ..., "steps": ..., "warmup": ...}'``
 """
@@ -28,7 +30,7 @@ from bench.common import alternate, summary
 from bench.train import BATCH, DECODER, matmul_peak
 
 METHODS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "auto": ("auto", False),
-           "auto_compile": ("auto", True)}
+           "auto_compile": ("auto", True), "auto_plain_ce": ("auto", False)}
 
 
 def capability() -> dict:
@@ -53,6 +55,12 @@ def worker(args: dict) -> dict:
     from sgdd.stages.train.step import train_step
 
     precision, compiled = METHODS[args["method"]]
+    if args["method"] == "auto_plain_ce":
+        import functools
+
+        from sgdd.stages.train import step
+
+        step.masked_diffusion_loss = functools.partial(step.masked_diffusion_loss, fused=False)
     cfg = TrainConfig(shards=args["cache"], out=None, val_split=None, precision=precision, device="cpu",
                       compile=compiled, model=DecoderConfig(**DECODER),
                       optim=OptimConfig(batch_size=BATCH, warmup_steps=2, max_steps=10_000))
@@ -92,6 +100,7 @@ def run_suite(cache_dir: str, reps: int, steps: int, warmup: int) -> dict:
             "ratios": {"auto_over_old_default": speed["auto"] / speed["bf16"],
                        "auto_over_best_fixed": speed["auto"] / best_fixed,
                        "compile_gain": speed["auto_compile"] / speed["auto"],
+                       "fused_ce_gain": speed["auto"] / speed["auto_plain_ce"],
                        "best_over_old_default": max(speed["auto"], speed["auto_compile"]) / speed["bf16"]}}
 
 

@@ -191,8 +191,9 @@ class _DraftView:
     def __init__(self, model, vocab: torch.Tensor | None = None):
         self._model, self.vocab = model, vocab
         if vocab is not None:
-            self._weight = model.output_weight.detach()[vocab].contiguous()  # [N, E]
-            self._bias = model.out_bias.detach()[vocab].contiguous()  # [N]
+            self._head, weight, bias = model.projection
+            self._weight = weight.detach()[vocab].contiguous()  # [N, E]
+            self._bias = bias.detach()[vocab].contiguous()  # [N]
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -202,7 +203,7 @@ class _DraftView:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.vocab is not None:
-            part = fewrows.linear(self._model.emb_out(hidden), self._weight, self._bias)  # [..., N]
+            part = fewrows.linear(self._head(hidden), self._weight, self._bias)  # [..., N]
             out = part.new_full((*part.shape[:-1], self._model.vocab_size), float("-inf"))
             out[..., self.vocab] = part
             return out

@@ -179,10 +179,16 @@ class BodyDecoder(nn.Module):
         out = self.body(inputs_embeds=inputs)  # every position is real: no attention mask
         return out.last_hidden_state[:, cond.shape[1]:]  # [B, L, H]
 
+    @property
+    def projection(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        """(the head before the word embeddings, the tied embeddings [V, H], the bias [V])."""
+        return self.head, self.output_weight, self.out_bias
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., H] -> [..., V] through the head and the tied word embeddings; the mask token is
         never predicted."""
-        return project_logits(self.head, hidden, self.output_weight, self.out_bias, self.mask_id)
+        head, weight, bias = self.projection
+        return project_logits(head, hidden, weight, bias, self.mask_id)
 
     def length_logits(self, z: torch.Tensor) -> torch.Tensor:
         """[B, Dz] -> [B, max_len + 1] logits over the sentence's token count (special tokens included)."""

@@ -382,6 +382,12 @@ class Decoder(nn.Module):
             raise SgddError("this decoder has no length head (model.length_head false)")
         return self.length_head(z.to(self.null_cond.dtype))
 
+    @property
+    def projection(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+        """(the map before the output matrix, the output matrix [V, E], its bias [V]):
+        ``logits`` is ``map(hidden) @ W^T + b`` with the mask token ruled out."""
+        return self.emb_out, self.output_weight, self.out_bias
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., d] -> [..., V] through the output matrix; the mask token is never predicted.
 
@@ -390,4 +396,5 @@ class Decoder(nn.Module):
         per matrix shape, which in bf16 grew a training process by gigabytes (and cost a
         compile per new shape). Bucketing keeps the shapes to a handful.
         """
-        return project_logits(self.emb_out, hidden, self.output_weight, self.out_bias, self.mask_id)
+        head, weight, bias = self.projection
+        return project_logits(head, hidden, weight, bias, self.mask_id)

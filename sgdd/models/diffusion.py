@@ -147,7 +147,7 @@ class TokenLossInputs:
     """What a loss weight may look at: per-token cross-entropies at the scored positions and
     the noise that produced them."""
 
-    ce: torch.Tensor  # [M] cross-entropy of each scored token (row-major order of ``scored``)
+    ce: torch.Tensor | None  # [M] cross-entropy of each scored token (row-major order of ``scored``); None for factors
     t: torch.Tensor  # [B] times
     masked: torch.Tensor  # [B, L] bool: positions that are mask tokens in x_t
     scored: torch.Tensor  # [B, L] bool: positions in the loss (masked and with a real label)
@@ -155,26 +155,44 @@ class TokenLossInputs:
     cart_p: float
 
 
-def _elbo(x: TokenLossInputs) -> torch.Tensor:
+def _ones_factor(x: TokenLossInputs) -> torch.Tensor:
+    return torch.ones(int(x.scored.sum()), device=x.scored.device)
+
+
+def _elbo_factor(x: TokenLossInputs) -> torch.Tensor:
     rows = x.scored.nonzero(as_tuple=True)[0]  # [M] sample of each scored token
-    return elbo_weight(x.schedule, x.t.float())[rows] * x.ce
+    return elbo_weight(x.schedule, x.t.float())[rows]
+
+
+def _cart_factor(x: TokenLossInputs) -> torch.Tensor:
+    return cart_weights(x.masked, x.cart_p)[x.scored]
 
 
 def _path(x: TokenLossInputs) -> torch.Tensor:
     return x.ce + torch.exp(-x.ce).detach() * x.ce
 
 
-def _cart(x: TokenLossInputs) -> torch.Tensor:
-    return cart_weights(x.masked, x.cart_p)[x.scored] * x.ce
-
-
+# loss weights whose per-token loss is a factor of the noise alone times the cross-entropy:
+# name -> factor [M] (they need no ``ce``, so a fused projection + loss can take them up front)
+LOSS_FACTORS: dict[str, Callable[[TokenLossInputs], torch.Tensor]] = {
+    "elbo": _elbo_factor,
+    "ones": _ones_factor,
+    "cart": _cart_factor,
+}
 # name -> per-token weighted loss [M]
 LOSS_WEIGHTS: dict[str, Callable[[TokenLossInputs], torch.Tensor]] = {
-    "elbo": _elbo,
+    "elbo": lambda x: _elbo_factor(x) * x.ce,
     "ones": lambda x: x.ce,
     "path": _path,
-    "cart": _cart,
+    "cart": lambda x: _cart_factor(x) * x.ce,
 }
+
+
+def token_factors(name: str, inputs: TokenLossInputs) -> torch.Tensor | None:
+    """The factor w [M] of a loss weight whose per-token loss is w * CE (``inputs.ce`` unused), or
+    None for one that depends on the cross-entropy itself (path)."""
+    get_loss_weight(name)
+    return LOSS_FACTORS[name](inputs) if name in LOSS_FACTORS else None
 
 
 def get_loss_weight(name: str) -> Callable[[TokenLossInputs], torch.Tensor]:

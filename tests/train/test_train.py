@@ -76,8 +76,10 @@ def test_loss_projects_only_masked_positions_and_sums_over_samples(monkeypatch):
     seen = []
     logits = model.logits
     monkeypatch.setattr(model, "logits", lambda h: seen.append(h.shape[0]) or logits(h))
-    whole = masked_diffusion_loss(model, x0, z, noise, dcfg)
+    plain = masked_diffusion_loss(model, x0, z, noise, dcfg, fused=False)
     n_masked = int((noise.u < noise.t[:, None]).sum())  # linear: 1 - alpha(t) = t
+    assert seen == [n_masked] and plain.n_masked.item() == n_masked
+    whole = masked_diffusion_loss(model, x0, z, noise, dcfg)  # fused: the projection inside the loss
     assert seen == [n_masked] and whole.n_masked.item() == n_masked
     # by hand: sum_i (1/t_i) * sum_masked CE_i / L
     masked = noise.u < noise.t[:, None]
@@ -86,6 +88,7 @@ def test_loss_projects_only_masked_positions_and_sums_over_samples(monkeypatch):
         ce = torch.nn.functional.cross_entropy(lg.transpose(1, 2), x0, reduction="none")  # [B, L]
         expected = ((ce * masked).sum(1) / noise.t).sum() / 8
     assert whole.weighted.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert plain.weighted.item() == pytest.approx(expected.item(), rel=1e-5)
     # additive over micro-batches: the split of a step changes nothing
     parts = [masked_diffusion_loss(model, x0[r], z[r], StepNoise(noise.t[r], noise.u[r], None), dcfg)
              for r in (slice(0, 1), slice(1, 6))]

@@ -4,6 +4,7 @@ the length head's cross-entropy beside it."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 
 from sgdd.models.decoder import Decoder
 from sgdd.models.diffusion import (DEFAULT_CART_P, IGNORE_INDEX, DiffusionConfig, TokenLossInputs, apply_mask,
-                                   get_schedule, sample_noise, weighted_token_loss)
+                                   get_schedule, sample_noise, token_factors, weighted_token_loss)
+from sgdd.models.linear_ce import linear_cross_entropy
 
 
 @dataclass
@@ -52,11 +54,16 @@ LENGTH_LOSS_WEIGHT = 0.1  # the length head's cross-entropy, per sentence, besid
 
 
 def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noise: StepNoise,
-                          dcfg: DiffusionConfig, given: int = 0, lengths: torch.Tensor | None = None) -> LossParts:
+                          dcfg: DiffusionConfig, given: int = 0, lengths: torch.Tensor | None = None,
+                          fused: bool = True) -> LossParts:
     """The weighted masked-diffusion loss of clean blocks x0 [B, L] conditioned on z [B, D].
     Only masked positions with a real label (not ``IGNORE_INDEX``) are scored; the first
     ``given`` positions are always visible. With a length head, its cross-entropy against
-    ``lengths`` [B] is added (weighted by ``LENGTH_LOSS_WEIGHT``)."""
+    ``lengths`` [B] is added (weighted by ``LENGTH_LOSS_WEIGHT``).
+
+    ``fused`` (the default): for a loss weight linear in the cross-entropy (all but ``path``), the
+    vocabulary projection, the cross-entropy and their gradients run in one pass over row chunks
+    (:mod:`sgdd.models.linear_ce`); otherwise the logits [M, V] are formed and autograd does the rest."""
     L = x0.shape[1]
     schedule = get_schedule(dcfg.schedule, dcfg.kappa)
     # 1. forward process: x_t [B, L]; scored [B, L] = masked and labelled (noise drawn for max_len)
@@ -64,17 +71,25 @@ def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noi
     masked = scored | (x0 == IGNORE_INDEX)  # [B, L] every mask token of the input
     # 2. hidden states of every position: [B, L, d]
     hidden = model(x_t, noise.t, z, noise.drop)
-    # 3. logits only where the loss needs them: [M, V]
-    logits = model.logits(hidden[scored]).float()
     target = x0[scored]  # [M]
-    # 4. cross-entropy per scored token: [M]
-    ce = F.cross_entropy(logits, target, reduction="none")
-    # 5. the loss weight's per-token loss: [M]
     cart_p = DEFAULT_CART_P if dcfg.cart_p is None else dcfg.cart_p
-    tok = weighted_token_loss(dcfg.loss_weight, TokenLossInputs(ce, noise.t, masked, scored, schedule, cart_p))
-    # 6. sum over samples of sum_scored loss / L (additive over micro-batches and ranks)
-    weighted = tok.sum() / L
-    correct = (logits.detach().max(-1).indices == target).sum()  # max: ~2x faster than argmax on CPU
+    inputs = TokenLossInputs(None, noise.t, masked, scored, schedule, cart_p)
+    factors = token_factors(dcfg.loss_weight, inputs) if fused else None  # [M], or None: the loss needs CE first
+    if factors is not None:
+        # 3-6. the projection and the weighted CE in one pass over row chunks (no [M, V] at once)
+        head, weight, bias = model.projection
+        tok_sum, ce, correct = linear_cross_entropy(head(hidden[scored]), weight, bias, target, factors, model.mask_id)
+        weighted = tok_sum / L
+    else:
+        # 3. logits only where the loss needs them: [M, V]
+        logits = model.logits(hidden[scored]).float()
+        # 4. cross-entropy per scored token: [M]
+        ce = F.cross_entropy(logits, target, reduction="none")
+        # 5. the loss weight's per-token loss: [M]
+        tok = weighted_token_loss(dcfg.loss_weight, dataclasses.replace(inputs, ce=ce))
+        # 6. sum over samples of sum_scored loss / L (additive over micro-batches and ranks)
+        weighted = tok.sum() / L
+        correct = (logits.detach().max(-1).indices == target).sum()  # max: ~2x faster than argmax on CPU
     # 7. the length head: which token count the condition says, per sentence
     length_correct = torch.zeros((), dtype=torch.long, device=x0.device)
     if model.length_head is not None and lengths is not None:

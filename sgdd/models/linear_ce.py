@@ -1,0 +1,82 @@
+"""The output projection and a weighted cross-entropy in one pass over row chunks.
+
+``sum_j w_j * CE(x_j W^T + b, y_j)`` over M rows, with its gradients computed in the same pass
+(the per-token weights ``w`` are known before the loss, as for every loss weight but ``path``):
+for each chunk of rows the logits [c, V] are formed, turned into (softmax - one-hot) * w in
+place, and multiplied back into the gradients of x, W and b. No [M, V] tensor exists at once, in
+the forward or for the backward, and no softmax is kept for it; the matrix products are the
+three an autograd graph would run. The backward only scales the stored gradients by the
+incoming one.
+
+The mask token's logit is -inf, as in ``project_logits``: it is never predicted and gets no
+gradient. Under autocast the logits of a chunk come in the autocast dtype and are taken to fp32
+for the softmax, one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sgdd.models.decoder import ROW_BUCKET
+
+CHUNK_ROWS = 512  # rows of logits at once ([512, 49k] fp32: 96 MiB); each chunk reads W again (a few ms)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, target, token_weight, mask_id: int, chunk: int, real: int):
+        M = x.shape[0]
+        ce = torch.empty(M, dtype=torch.float32, device=x.device)
+        correct = torch.zeros((), dtype=torch.long, device=x.device)
+        grad_x = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        grad_w = grad_b = None  # the first chunk's products, then sums (no zero-filled [V, E] to add to)
+        rows = torch.arange(min(chunk, M), device=x.device)
+        if M == 0:
+            grad_w, grad_b = torch.zeros(weight.shape, device=x.device), torch.zeros(bias.shape, device=x.device)
+        for lo in range(0, M, chunk):
+            hi = min(lo + chunk, M)
+            xc, yc, r = x[lo:hi], target[lo:hi], rows[: hi - lo]
+            logits = F.linear(xc, weight, bias).float()  # [c, V]
+            logits[:, mask_id] = float("-inf")
+            lse = torch.logsumexp(logits, dim=-1)  # [c]
+            ce[lo:hi] = lse - logits[r, yc]
+            if lo < real:
+                correct += (logits[: real - lo].max(-1).indices == yc[: real - lo]).sum()
+            g = logits.sub_(lse[:, None]).exp_()  # softmax [c, V], in place
+            g[r, yc] -= 1
+            g.mul_(token_weight[lo:hi, None].float())  # d loss / d logits
+            grad_x[lo:hi] = g @ weight  # (under autocast both products run in its dtype)
+            if grad_w is None:
+                grad_w, grad_b = (g.t() @ xc).float(), g.sum(0)
+            else:
+                grad_w += g.t() @ xc
+                grad_b += g.sum(0)
+        ctx.save_for_backward(grad_x, grad_w, grad_b)
+        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
+        loss = (ce * token_weight.float()).sum()
+        ctx.mark_non_differentiable(ce, correct)
+        return loss, ce, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_ce, _grad_correct):
+        grad_x, grad_w, grad_b = ctx.saved_tensors
+        dx, dw, db = ctx.dtypes
+        return ((grad_x * grad_loss).to(dx), (grad_w * grad_loss).to(dw), (grad_b * grad_loss).to(db),
+                None, None, None, None, None)
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, target: torch.Tensor,
+                         token_weight: torch.Tensor, mask_id: int,
+                         chunk: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, E], output matrix [V, E], bias [V], targets [M], per-token weights [M] (no gradient)
+    -> (sum_j w_j CE_j: a scalar that carries the gradient, CE [M] detached, correct argmax count).
+    The rows are padded to a multiple of ``ROW_BUCKET`` with weight 0, as ``Decoder.logits`` pads
+    them (a handful of matrix shapes instead of a new one at every step)."""
+    M = x.shape[0]
+    pad = -M % ROW_BUCKET
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+        target, token_weight = F.pad(target, (0, pad)), F.pad(token_weight, (0, pad))
+    loss, ce, correct = _LinearCrossEntropy.apply(x, weight, bias, target, token_weight.detach(), mask_id, chunk, M)
+    return loss, ce[:M], correct
