@@ -25,7 +25,7 @@ CHUNK_ROWS = 512  # rows of logits at once ([512, 49k] fp32: 96 MiB); each chunk
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, target, token_weight, mask_id: int, chunk: int, real: int):
+    def forward(ctx, x, weight, bias, target, token_weight, mask_id: int, chunk: int, real: int, grads: bool):
         M = x.shape[0]
         ce = torch.empty(M, dtype=torch.float32, device=x.device)
         correct = torch.zeros((), dtype=torch.long, device=x.device)
@@ -43,6 +43,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ce[lo:hi] = lse - logits[r, yc]
             if lo < real:
                 correct += (logits[: real - lo].max(-1).indices == yc[: real - lo]).sum()
+            if not grads:  # validation: the loss alone
+                continue
             g = logits.sub_(lse[:, None]).exp_()  # softmax [c, V], in place
             g[r, yc] -= 1
             g.mul_(token_weight[lo:hi, None].float())  # d loss / d logits
@@ -63,7 +65,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_x, grad_w, grad_b = ctx.saved_tensors
         dx, dw, db = ctx.dtypes
         return ((grad_x * grad_loss).to(dx), (grad_w * grad_loss).to(dw), (grad_b * grad_loss).to(db),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, target: torch.Tensor,
@@ -78,5 +80,7 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     if pad:
         x = F.pad(x, (0, 0, 0, pad))
         target, token_weight = F.pad(target, (0, pad)), F.pad(token_weight, (0, pad))
-    loss, ce, correct = _LinearCrossEntropy.apply(x, weight, bias, target, token_weight.detach(), mask_id, chunk, M)
+    grads = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)
+    loss, ce, correct = _LinearCrossEntropy.apply(x, weight, bias, target, token_weight.detach(), mask_id, chunk, M,
+                                                  grads)
     return loss, ce[:M], correct

@@ -45,6 +45,19 @@ def test_loss_and_gradients_match_the_plain_path(M, chunk):
     assert grads[1][5][MASK] == 0  # the mask token is never predicted, and never pushed
 
 
+def test_without_grad_it_computes_the_loss_alone():
+    V, E, M = 40, 12, 70
+    target = torch.randint(6, V, (M,), generator=torch.Generator().manual_seed(3))
+    x, weight, bias = leaves((M, E), (V, E), (V,))
+    w = torch.rand(M)
+    with torch.no_grad():
+        got = linear_cross_entropy(x, weight, bias, target, w, MASK)
+    want = reference(x.detach(), weight.detach(), bias.detach(), target, w)
+    assert got[0].grad_fn is None
+    for a, b in zip(got, want):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-5)
+
+
 def test_under_bf16_autocast_it_matches_the_plain_path_within_bf16_rounding():
     V, E, M = 64, 16, 150
     g = torch.Generator().manual_seed(1)
