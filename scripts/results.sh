@@ -5,7 +5,7 @@
 # three single-thread jobs side by side (OMP_NUM_THREADS=1), under 3 hours of wall time.
 #   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
 #   bash scripts/results.sh recon-cpu-collect recon-cpu eval-recon-cpu recon-cpu-ablations eval-recon-cpu-ablations
-#   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen   (the MTP head as a speculative decoder)
+#   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen tune-mtp-draft eval-mtp-draft   (the MTP head as a speculative decoder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
@@ -153,9 +153,32 @@ for t in pq.read_table("'"$DATA"'/wiki/test.parquet").column("text").to_pylist()
     print(json.dumps({"text": t[:2000]}))' > runs/prompts-test-100.jsonl
   for run in runs/mtp-gen runs/mtp-doc; do
     $SGDD speculate --run $run --checkpoint last --prompts runs/prompts-test-100.jsonl --prompt-tokens 128 --max-new-tokens 64 \
-      --draft-passes 1 --precision fp32 --device cpu --out $run/speculate-test
+      --draft-passes 1 --draft-vocab null --precision fp32 --device cpu --out $run/speculate-test
   done
 }
+# The drafter's settings (draft vocabulary, draft passes), chosen on 20 validation-split articles
+# (never in training, not the test prompts), then the choice on the 100 test prompts.
+SPEC=(--checkpoint last --prompt-tokens 128 --max-new-tokens 64 --precision fp32 --device cpu)
+tune_mtp_draft() {
+  $SGDD_PY -c 'import json, pyarrow.parquet as pq
+for t in pq.read_table("'"$DATA"'/wiki/validation.parquet").column("text").to_pylist()[:20]:
+    print(json.dumps({"text": t[:2000]}))' > runs/prompts-validation-20.jsonl
+  local setting
+  for setting in "full 1" "8192 1" "8192 2" "8192 3"; do
+    set -- $setting
+    local vocab=(--draft-vocab null) ; [ "$1" = full ] || vocab=(--draft-vocab "$1")
+    OMP_NUM_THREADS=1 $SGDD speculate --run runs/mtp-gen "${SPEC[@]}" --prompts runs/prompts-validation-20.jsonl \
+      --draft-passes "$2" "${vocab[@]}" --out "runs/mtp-gen/speculate-validation-vocab$1-passes$2"
+  done
+}
+eval_mtp_draft() {  # the setting validation chose (8192 tokens, one pass), both heads side by side
+  for run in runs/mtp-gen runs/mtp-doc; do
+    OMP_NUM_THREADS=1 $SGDD speculate --run $run "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl --draft-passes 1 \
+      --draft-vocab 8192 --out $run/speculate-test-vocab8192 &
+  done
+  wait
+}
+
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}
 steps=("$@")

@@ -226,7 +226,9 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_run, prompt_file, tmp_pa
     assert (out / "report.md").read_text().count("identical to greedy: **True**") == 1
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and sum(r["tokens"] for r in rows) == report["tokens"]
-    assert report["draft_vocab"] is None
+    labels = {t for ids in open_cache(json.loads((tiny_run / "checkpoints/last/model.json").read_text())["cache"])
+              .split("train").column("output_ids") for t in ids}
+    assert report["draft_vocab"] == len(labels)  # by default: up to 8192 of the training labels, here all of them
 
 
 def test_cli_drafts_from_the_most_frequent_training_labels(tiny_run, prompt_file, tmp_path):
@@ -237,6 +239,12 @@ def test_cli_drafts_from_the_most_frequent_training_labels(tiny_run, prompt_file
     report = json.loads((out / "report.json").read_text())
     assert report["identical_to_greedy"] is True and report["draft_vocab"] == 5
     assert "the 5 most frequent training labels" in (out / "report.md").read_text()
+    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--max-new-tokens", "12",
+                           "--checkpoint", "last", "--draft-vocab", "null", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["identical_to_greedy"] is True and report["draft_vocab"] is None
+    assert "the whole vocabulary" in (out / "report.md").read_text()
     result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--checkpoint", "last",
                            "--draft-vocab", "0")
     assert result.exit_code == 1 and "draft_vocab must be at least 1" in result.output
