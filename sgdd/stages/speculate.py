@@ -38,6 +38,7 @@ from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.speculate import BaseLM, Generation, HeadDrafter, draft_vocabulary, greedy, speculate
 from sgdd.config import doc, save_yaml
 from sgdd.errors import SgddError
+from sgdd.log import progress
 from sgdd.runtime import default_threads, pick_device, pick_precision, seed_everything
 from sgdd.stages.evaluate.resolve import checkpoint_dir, latest_run, load_checkpoint
 
@@ -253,6 +254,7 @@ def run(cfg: SpeculateConfig) -> Path:
     greedy(base, prompts[0], min(8, cfg.max_new_tokens), eos)  # warm-up (first calls allocate), not timed
     speculate(base, drafter, prompts[0], min(8, cfg.max_new_tokens), eos, base_vocab)
     greedy_runs, spec_runs, differences = [], [], []
+    bar = progress(total=len(prompts), desc="speculate", unit="prompt", logger="speculate")
     for i, prompt in enumerate(prompts):
         g = greedy(base, prompt, cfg.max_new_tokens, eos)
         s = speculate(base, drafter, prompt, cfg.max_new_tokens, eos, base_vocab)
@@ -261,6 +263,10 @@ def run(cfg: SpeculateConfig) -> Path:
         at = first_difference(g.tokens, s.tokens)
         if at is not None:
             differences.append({"prompt": i, "position": at})
+        passes = [n for r in spec_runs for n in r.accepted]
+        bar.set_postfix(acceptance=f"{sum(passes) / max(len(passes), 1):.2f}", refresh=False)
+        bar.update()
+    bar.close()
 
     out = Path(cfg.out) if cfg.out else run_dir / "speculate"
     out.mkdir(parents=True, exist_ok=True)
