@@ -137,7 +137,7 @@ def training_labels(run_dir: Path, cache: Cache) -> list[list[int]]:
     split = (yaml.safe_load(path.read_text()) or {}).get("train_split", "train") if path.is_file() else "train"
     if split not in cache.splits:
         raise SgddError(f"the run's training split {split!r} is not in cache {cache.dir}; "
-                        "a draft vocabulary is counted on it (or drop --draft-vocab)")
+                        "a draft vocabulary is counted on it (or pass --draft-vocab null)")
     return cache.split(split, verify=False).column("output_ids")
 
 
