@@ -207,12 +207,17 @@ def speculate_cli(*args):
     return CliRunner().invoke(cli, ["speculate", *args, "--device", "cpu"], catch_exceptions=False)
 
 
+def speculate_report(run, prompt_file, out, *args) -> dict:
+    """`sgdd speculate` of the tiny run on the prompt file, 12 new tokens -> its report.json."""
+    result = speculate_cli("--run", str(run), "--prompts", str(prompt_file), "--max-new-tokens", "12",
+                           "--checkpoint", "last", "--out", str(out), *args)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "report.json").read_text())
+
+
 def test_cli_runs_end_to_end_and_writes_the_report(tiny_run, prompt_file, tmp_path):
     out = tmp_path / "spec"
-    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--max-new-tokens", "12",
-                           "--draft-passes", "2", "--checkpoint", "last", "--out", str(out))
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    report = speculate_report(tiny_run, prompt_file, out, "--draft-passes", "2")
     assert report["identical_to_greedy"] is True and report["prompts"] == 4 and report["block_length"] == L
     hist = report["acceptance_histogram"]
     assert list(hist) == [str(k) for k in range(1, L + 1)] and sum(hist.values()) == report["verification_passes"]
@@ -233,16 +238,10 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_run, prompt_file, tmp_pa
 
 def test_cli_drafts_from_the_most_frequent_training_labels(tiny_run, prompt_file, tmp_path):
     out = tmp_path / "spec"
-    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--max-new-tokens", "12",
-                           "--checkpoint", "last", "--draft-vocab", "5", "--out", str(out))
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    report = speculate_report(tiny_run, prompt_file, out, "--draft-vocab", "5")
     assert report["identical_to_greedy"] is True and report["draft_vocab"] == 5
     assert "the 5 most frequent training labels" in (out / "report.md").read_text()
-    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--max-new-tokens", "12",
-                           "--checkpoint", "last", "--draft-vocab", "null", "--out", str(out))
-    assert result.exit_code == 0, result.output
-    report = json.loads((out / "report.json").read_text())
+    report = speculate_report(tiny_run, prompt_file, out, "--draft-vocab", "null")
     assert report["identical_to_greedy"] is True and report["draft_vocab"] is None
     assert "the whole vocabulary" in (out / "report.md").read_text()
     result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--checkpoint", "last",
