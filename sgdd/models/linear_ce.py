@@ -10,10 +10,14 @@ incoming one.
 
 The mask token's logit is -inf, as in ``project_logits``: it is never predicted and gets no
 gradient. Under autocast the logits of a chunk come in the autocast dtype and are taken to fp32
-for the softmax, one chunk at a time.
+for the softmax, one chunk at a time. The gradient products run in the autocast dtype too,
+except under fp16: these gradients are formed before a loss scaler could scale them, and fp16
+would flush the small ones to zero, so they are computed in fp32.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +36,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_x = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         grad_w = grad_b = None  # the first chunk's products, then sums (no zero-filled [V, E] to add to)
         rows = torch.arange(min(chunk, M), device=x.device)
+        device = x.device.type
+        fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
         if M == 0:
             grad_w, grad_b = torch.zeros(weight.shape, device=x.device), torch.zeros(bias.shape, device=x.device)
         for lo in range(0, M, chunk):
@@ -48,12 +54,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g = logits.sub_(lse[:, None]).exp_()  # softmax [c, V], in place
             g[r, yc] -= 1
             g.mul_(token_weight[lo:hi, None].float())  # d loss / d logits
-            grad_x[lo:hi] = g @ weight  # (under autocast both products run in its dtype)
-            if grad_w is None:
-                grad_w, grad_b = (g.t() @ xc).float(), g.sum(0)
-            else:
-                grad_w += g.t() @ xc
-                grad_b += g.sum(0)
+            with torch.autocast(device, enabled=False) if fp16 else contextlib.nullcontext():
+                xg, wg = (xc.float(), weight.float()) if fp16 else (xc, weight)
+                grad_x[lo:hi] = g @ wg
+                if grad_w is None:
+                    grad_w, grad_b = (g.t() @ xg).float(), g.sum(0)
+                else:
+                    grad_w += g.t() @ xg
+                    grad_b += g.sum(0)
         ctx.save_for_backward(grad_x, grad_w, grad_b)
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
         loss = (ce * token_weight.float()).sum()

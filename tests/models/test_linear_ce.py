@@ -75,6 +75,23 @@ def test_under_bf16_autocast_it_matches_the_plain_path_within_bf16_rounding():
         assert (got - want).abs().max() <= 1e-2 * want.abs().max()
 
 
+def test_under_fp16_autocast_small_gradients_are_not_flushed_to_zero():
+    """The gradients are formed in the forward, before a loss scaler multiplies them: under fp16
+    they are computed in fp32, so a tiny token weight still gives the fp32 path's gradients."""
+    V, E, M = 64, 16, 40
+    target = torch.randint(6, V, (M,), generator=torch.Generator().manual_seed(4))
+    w = torch.full((M,), 1e-7)
+    out = []
+    for fp16 in (False, True):
+        x, weight, bias = leaves((M, E), (V, E), (V,), seed=5)
+        with torch.autocast("cpu", dtype=torch.float16, enabled=fp16):
+            loss, _, _ = linear_cross_entropy(x, weight, bias, target, w, MASK)
+        (loss * 1024).backward()  # the scaler's job, after the loss
+        out.append((x.grad, weight.grad))
+    for got, want in zip(out[1], out[0]):
+        assert want.abs().max() > 0 and (got - want).abs().max() <= 2e-2 * want.abs().max()
+
+
 def tiny_decoder(seed=0):
     torch.manual_seed(seed)
     return Decoder(DecoderConfig(n_layers=2, d_model=32, n_heads=2, max_len=12), 50, 8, 32, 3)
