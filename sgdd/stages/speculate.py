@@ -29,7 +29,6 @@ from pathlib import Path
 
 import click
 import torch
-import yaml
 
 from sgdd.cache import format as fmt
 from sgdd.io import write_json_atomic
@@ -40,7 +39,7 @@ from sgdd.config import doc, save_yaml
 from sgdd.errors import SgddError
 from sgdd.log import progress
 from sgdd.runtime import default_threads, pick_device, pick_precision, seed_everything
-from sgdd.stages.evaluate.resolve import checkpoint_dir, latest_run, load_checkpoint
+from sgdd.stages.evaluate.resolve import checkpoint_dir, latest_run, load_checkpoint, run_config
 
 FINGERPRINT_KEYS = ("weights_sha256", "tokenizer_sha256", "model_type")
 PROMPT_FIELDS = ("prompt", "text")  # a jsonl prompt file: the first of these fields a line has
@@ -133,8 +132,7 @@ def load_base(cache: Cache, cfg: SpeculateConfig, device: torch.device, precisio
 # --------------------------------------------------------------------------------------------
 def training_labels(run_dir: Path, cache: Cache) -> list[list[int]]:
     """The base model's next tokens (``output_ids``) of every window of the run's training split."""
-    path = run_dir / "config.yaml"
-    split = (yaml.safe_load(path.read_text()) or {}).get("train_split", "train") if path.is_file() else "train"
+    split = run_config(run_dir).get("train_split", "train")
     if split not in cache.splits:
         raise SgddError(f"the run's training split {split!r} is not in cache {cache.dir}; "
                         "a draft vocabulary is counted on it (or pass --draft-vocab null)")

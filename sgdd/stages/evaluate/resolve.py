@@ -101,17 +101,22 @@ def load_checkpoint(ckpt: Path, device: torch.device):
     return model.to(device).eval(), meta
 
 
+def run_config(run_dir: Path) -> dict:
+    """The run's config.yaml as written by `sgdd train`; {} where it is missing or unreadable."""
+    path = run_dir / "config.yaml"
+    try:
+        entry = yaml.safe_load(path.read_text()) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return {}
+    return entry if isinstance(entry, dict) else {}
+
+
 def training_noise(meta: dict, run_dir: Path) -> tuple[Schedule, str]:
     """The noise schedule the run was trained with, and where it was read: the checkpoint's
     ``diffusion`` entry, else the run's config.yaml, else the default (linear)."""
     entry, source = meta.get("diffusion"), "checkpoint"
     if not entry:
-        path = run_dir / "config.yaml"
-        try:
-            entry = (yaml.safe_load(path.read_text()) or {}).get("diffusion") if path.is_file() else None
-        except (OSError, yaml.YAMLError, AttributeError):
-            entry = None
-        source = "config.yaml"
+        entry, source = run_config(run_dir).get("diffusion"), "config.yaml"
     if not isinstance(entry, dict) or not entry.get("schedule"):
         return get_schedule("linear"), "default"
     return get_schedule(entry["schedule"], entry.get("kappa")), source
