@@ -134,9 +134,8 @@ mtp_gen_collect() {
   $SGDD collect "${SMOL[@]}" --split train:$GEN_WINDOWS --out cache/smollm2-doc
   $SGDD collect "${SMOL[@]}" --generate --max-new-tokens 192 --split test:48 --out cache/smollm2-gen-test
 }
-mtp_gen() {  # the two heads, one thread each, the same schedule of 3,000 steps of 64 positions.
-  # RESULTS.md measured both at their step-1,500 checkpoint (`last`): the runs were stopped there
-  # for time, so a full run of this step gives heads with twice the training.
+mtp_gen() {  # the two heads, one thread each, the same schedule of 3,000 steps of 64 positions
+  # (RESULTS.md 3b also shows both at step 1,500, where the runs were once stopped and resumed).
   local common=(--config configs/mtp-cpu.yaml --set given=1 --set optim.max_steps=3000 --set precision=fp32
                 --set eval_every=500 --set save_every=500)
   OMP_NUM_THREADS=1 train runs/mtp-gen --cache cache/smollm2-gen --set consistent_labels=true "${common[@]}" &
@@ -178,7 +177,6 @@ eval_mtp_draft() {  # the setting validation chose (8192 tokens, one pass), both
   done
   wait
 }
-
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}
 steps=("$@")

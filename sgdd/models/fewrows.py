@@ -4,9 +4,9 @@
 verification pass over a draft of L tokens) the CPU BLAS then runs a kernel made for large M and
 takes about twice as long as for one row, although both read the same weights once. Written as
 W @ x^T, the weight is the large left operand and the cost stays nearer the one-row cost: on an
-AMD EPYC (AVX2, fp32, one thread), a 4-token forward of SmolLM2-135M cost 1.77 one-token forwards
-with ``F.linear`` and 1.34 in this form (BENCHMARKS.md section 5; ``python -m bench --only
-fewrows`` measures it on the machine at hand). Above ``FEW_ROWS`` rows, and off the CPU, ``F.linear`` is kept. Users:
+AMD EPYC (AVX2, fp32, one thread), a 4-token forward of SmolLM2-135M took 135 and 133 ms in this
+form against 158 and 146 ms with ``F.linear``, in two runs (BENCHMARKS.md section 5; ``python -m
+bench --only fewrows`` measures it on the machine at hand). Above ``FEW_ROWS`` rows, and off the CPU, ``F.linear`` is kept. Users:
 the base model of ``sgdd speculate`` (converted with :func:`use_few_rows`), the MTP head that
 drafts for it, and every decoder's vocabulary projection (``project_logits``).
 
