@@ -24,8 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from sgdd.models.decoder import LengthHead, project_logits
-from sgdd.models.decoder import DecoderConfig
+from sgdd.models.decoder import DecoderConfig, LengthHead, OutputVocab
 from sgdd.errors import SgddError
 
 BODY_PREFIX = "body."  # state-dict prefix of the pretrained weights (their own learning rate)
@@ -89,13 +88,13 @@ class ModulatedLayerNorm(nn.LayerNorm):
         return y * (1 + scale[:, None].to(y.dtype)) + shift[:, None].to(y.dtype)
 
 
-class BodyDecoder(nn.Module):
+class BodyDecoder(OutputVocab, nn.Module):
     """The decoder interface of :class:`sgdd.models.decoder.Decoder` over a pretrained encoder body:
     ``condition(z, drop)``, ``forward(x_t, t, z, drop, kv)``, ``logits(hidden)``,
     ``length_logits(z)``."""
 
     def __init__(self, cfg: DecoderConfig, vocab_size: int, cond_dim: int, embed_dim: int, mask_id: int,
-                 body_config: dict):
+                 body_config: dict, out_vocab: int | None = None):
         super().__init__()
         self.cfg, self.vocab_size, self.cond_dim, self.mask_id = cfg, vocab_size, cond_dim, mask_id
         self.body_config = body_config
@@ -128,7 +127,7 @@ class BodyDecoder(nn.Module):
             self.ada_mlp = mlp  # z -> a shift and a scale per norm
         self.null_cond = nn.Parameter(torch.zeros(cond_dim))  # learned "no condition" vector (CFG)
         self.head = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H, eps=1e-12))
-        self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+        self._init_output(out_vocab)  # out_bias, and the restricted vocabulary's ids (model.vocab corpus)
         self.length_head = LengthHead(cond_dim, cfg.max_len) if cfg.length_head else None
 
     @property
@@ -181,14 +180,14 @@ class BodyDecoder(nn.Module):
 
     @property
     def projection(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-        """(the head before the word embeddings, the tied embeddings [V, H], the bias [V])."""
-        return self.head, self.output_weight, self.out_bias
+        """(the head before the word embeddings, the tied embeddings [V', H], the bias [V']) over the
+        output vocabulary."""
+        return self.head, self.restrict(self.output_weight), self.out_bias
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., H] -> [..., V] through the head and the tied word embeddings; the mask token is
         never predicted."""
-        head, weight, bias = self.projection
-        return project_logits(head, hidden, weight, bias, self.mask_id)
+        return self.widen(self.out_logits(hidden))
 
     def length_logits(self, z: torch.Tensor) -> torch.Tensor:
         """[B, Dz] -> [B, max_len + 1] logits over the sentence's token count (special tokens included)."""

@@ -64,6 +64,7 @@ def model_meta(model: Decoder, cache_dir: str | Path, special_ids: dict) -> dict
     return {
         "decoder": {k: getattr(model.cfg, k) for k in model.cfg.__dataclass_fields__},
         "vocab_size": model.vocab_size,
+        "out_vocab": None if model.out_vocab is None else len(model.out_vocab),  # model.vocab corpus
         "cond_dim": model.cond_dim,
         "embed_dim": model.tok_emb.embedding_dim,
         "mask_id": model.mask_id,
@@ -130,8 +131,8 @@ def model_from_meta(meta: dict) -> Decoder | BodyDecoder:
     if cfg.init_body == "encoder":
         if "body_config" not in meta:
             raise SgddError("the checkpoint's model.json lacks body_config (model.init_body: encoder)")
-        return BodyDecoder(cfg, *sizes, meta["body_config"])
-    return Decoder(cfg, *sizes)
+        return BodyDecoder(cfg, *sizes, meta["body_config"], out_vocab=meta.get("out_vocab"))
+    return Decoder(cfg, *sizes, out_vocab=meta.get("out_vocab"))
 
 
 def read_meta(directory: str | Path) -> dict:

@@ -36,6 +36,7 @@ from sgdd.models import fewrows
 
 CONDITIONINGS = ("cross", "adaln", "prefix")
 INIT_BODIES = ("none", "encoder")
+VOCABS = ("full", "corpus")
 
 
 @dataclass
@@ -72,6 +73,12 @@ class DecoderConfig:
         "(conditioning prefix) or as AdaLN-Zero shifts and scales of the body's norms (conditioning adaln), "
         "both from a small zero-initialised MLP; there is no time input).",
     )
+    vocab: str = doc(
+        "full",
+        "Output vocabulary: full (every token of the tokenizer) or corpus (only the tokens of the training and "
+        "validation splits and the special tokens: a smaller vocabulary projection, so faster training; the "
+        "decoder then never writes another token). Sentence view only.",
+    )
     length_head: bool = doc(False, "Predict each sentence's token count from the condition (a small MLP); decoding "
                             "then generates exactly that many positions instead of max_len padded ones.")
 
@@ -94,6 +101,8 @@ class DecoderConfig:
             p.append(f"model.cond_drop must be in [0, 1), got {self.cond_drop}")
         if not 0 <= self.dropout < 1:
             p.append(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.vocab not in VOCABS:
+            p.append(f"model.vocab {self.vocab!r} unknown (valid: {', '.join(VOCABS)})")
         if self.init_body not in INIT_BODIES:
             p.append(f"model.init_body {self.init_body!r} unknown (valid: {', '.join(INIT_BODIES)})")
         elif self.init_body == "encoder" and self.conditioning not in ("prefix", "adaln"):
@@ -129,6 +138,71 @@ def project_logits(head: nn.Module, hidden: torch.Tensor, weight: torch.Tensor, 
     out = fewrows.linear(head(hidden), weight, bias)  # F.linear, or W @ x^T for a few rows on CPU
     out[..., mask_id] = float("-inf")
     return out if rows is None else out[:rows]
+
+
+class OutputVocab:
+    """The output vocabulary of a decoder: every token, or (``model.vocab: corpus``) the sorted
+    token ids ``out_vocab`` [V'] of the training and validation splits and the special tokens.
+    Restricted, the projection computes V' logits instead of V and the loss scores targets by
+    their index in ``out_vocab``; ``logits`` still returns [..., V] (-inf outside), so decoding is
+    unchanged. The ids are a buffer (saved with the weights); ``model.json`` records their number."""
+
+    vocab_size: int
+    mask_id: int
+    out_vocab: torch.Tensor | None
+
+    def _init_output(self, out_vocab: int | None) -> None:
+        """The output bias (of the restricted size), and the ids' buffer (set by ``set_vocab`` or
+        loaded with the weights)."""
+        self.out_bias = nn.Parameter(torch.zeros(out_vocab or self.vocab_size))
+        if out_vocab is None:
+            self.out_vocab = None
+        else:
+            self.register_buffer("out_vocab", torch.zeros(out_vocab, dtype=torch.long))
+
+    def set_vocab(self, ids: torch.Tensor) -> None:
+        """The restricted vocabulary's token ids (sorted, unique, the mask token among them)."""
+        if self.out_vocab is None or ids.shape != self.out_vocab.shape:
+            raise ValueError(f"this decoder was built for {None if self.out_vocab is None else len(self.out_vocab)} "
+                             f"output tokens, not {len(ids)}")
+        with torch.no_grad():
+            self.out_vocab.copy_(ids)
+        self.out_index(torch.tensor([self.mask_id]))
+
+    @property
+    def out_mask_id(self) -> int:
+        """The mask token's index among the output logits (never predicted)."""
+        return self.mask_id if self.out_vocab is None else int(torch.searchsorted(self.out_vocab, self.mask_id))
+
+    def out_index(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [...] -> their indices among the output logits; a one-line error for an id
+        outside the output vocabulary."""
+        if self.out_vocab is None:
+            return ids
+        index = torch.searchsorted(self.out_vocab, ids).clamp_(max=len(self.out_vocab) - 1)
+        inside = self.out_vocab[index] == ids
+        if not bool(inside.all()):
+            bad = ids[~inside].unique()
+            raise SgddError(f"{len(bad)} token ids (e.g. {int(bad[0])}) are outside the decoder's output vocabulary "
+                            f"(model.vocab corpus: the {len(self.out_vocab)} tokens of the splits it was built from)")
+        return index
+
+    def restrict(self, weight: torch.Tensor) -> torch.Tensor:
+        """The output matrix's rows of the output vocabulary: [V, E] -> [V', E]."""
+        return weight if self.out_vocab is None else weight[self.out_vocab]
+
+    def out_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., d] -> [..., V'] logits over the output vocabulary (the mask token's -inf)."""
+        head, weight, bias = self.projection
+        return project_logits(head, hidden, weight, bias, self.out_mask_id)
+
+    def widen(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits [..., V'] -> [..., V] over every token id, -inf outside the output vocabulary."""
+        if self.out_vocab is None:
+            return logits
+        out = logits.new_full((*logits.shape[:-1], self.vocab_size), float("-inf"))
+        out[..., self.out_vocab] = logits
+        return out
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
@@ -239,14 +313,15 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.norm3(x)))
 
 
-class Decoder(nn.Module):
+class Decoder(OutputVocab, nn.Module):
     """x_t [B, L] token ids (some = mask_id), t [B], condition z [B, Dz] -> hidden [B, L, d].
 
     ``logits(hidden)`` maps any selection of hidden states to vocabulary logits, so callers
     project only the positions they need (the masked ones).
     """
 
-    def __init__(self, cfg: DecoderConfig, vocab_size: int, cond_dim: int, embed_dim: int, mask_id: int):
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, cond_dim: int, embed_dim: int, mask_id: int,
+                 out_vocab: int | None = None):
         super().__init__()
         if cfg.d_model is None:
             raise ValueError("DecoderConfig.d_model must be resolved (the cache's hidden size) before building")
@@ -268,7 +343,7 @@ class Decoder(nn.Module):
         self.emb_out = nn.Linear(d, embed_dim, bias=False) if embed_dim != d else nn.Identity()
         if not cfg.tie_output:
             self.out_emb = nn.Parameter(torch.empty(vocab_size, embed_dim))
-        self.out_bias = nn.Parameter(torch.zeros(vocab_size))
+        self._init_output(out_vocab)  # out_bias, and the restricted vocabulary's ids (model.vocab corpus)
         self.length_head = LengthHead(cond_dim, cfg.max_len) if cfg.length_head else None
         prefix = cfg.cond_tokens if mode == "prefix" else 0
         cos, sin = rope_tables(prefix + cfg.max_len, d // cfg.n_heads, cfg.rope_theta)
@@ -384,9 +459,10 @@ class Decoder(nn.Module):
 
     @property
     def projection(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-        """(the map before the output matrix, the output matrix [V, E], its bias [V]):
-        ``logits`` is ``map(hidden) @ W^T + b`` with the mask token ruled out."""
-        return self.emb_out, self.output_weight, self.out_bias
+        """(the map before the output matrix, the output matrix [V', E], its bias [V']) over the
+        output vocabulary: ``logits`` is ``map(hidden) @ W^T + b`` with the mask token
+        (``out_mask_id``) ruled out."""
+        return self.emb_out, self.restrict(self.output_weight), self.out_bias
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., d] -> [..., V] through the output matrix; the mask token is never predicted.
@@ -396,5 +472,4 @@ class Decoder(nn.Module):
         per matrix shape, which in bf16 grew a training process by gigabytes (and cost a
         compile per new shape). Bucketing keeps the shapes to a handful.
         """
-        head, weight, bias = self.projection
-        return project_logits(head, hidden, weight, bias, self.mask_id)
+        return self.widen(self.out_logits(hidden))

@@ -74,8 +74,8 @@ def test_loss_projects_only_masked_positions_and_sums_over_samples(monkeypatch):
     noise = StepNoise(torch.rand(6, generator=g) * 0.8 + 0.1, torch.rand(6, 8, generator=g), None)
     dcfg = DiffusionConfig(schedule="linear", loss_weight="elbo")
     seen = []
-    logits = model.logits
-    monkeypatch.setattr(model, "logits", lambda h: seen.append(h.shape[0]) or logits(h))
+    logits = model.out_logits
+    monkeypatch.setattr(model, "out_logits", lambda h: seen.append(h.shape[0]) or logits(h))
     plain = masked_diffusion_loss(model, x0, z, noise, dcfg, fused=False)
     n_masked = int((noise.u < noise.t[:, None]).sum())  # linear: 1 - alpha(t) = t
     assert seen == [n_masked] and plain.n_masked.item() == n_masked

@@ -71,18 +71,19 @@ def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noi
     masked = scored | (x0 == IGNORE_INDEX)  # [B, L] every mask token of the input
     # 2. hidden states of every position: [B, L, d]
     hidden = model(x_t, noise.t, z, noise.drop)
-    target = x0[scored]  # [M]
+    target = model.out_index(x0[scored])  # [M] indices among the output logits (token ids, unless model.vocab corpus)
     cart_p = DEFAULT_CART_P if dcfg.cart_p is None else dcfg.cart_p
     inputs = TokenLossInputs(None, noise.t, masked, scored, schedule, cart_p)
     factors = token_factors(dcfg.loss_weight, inputs) if fused else None  # [M], or None: the loss needs CE first
     if factors is not None:
         # 3-6. the projection and the weighted CE in one pass over row chunks (no [M, V] at once)
-        head, weight, bias = model.projection
-        tok_sum, ce, correct = linear_cross_entropy(head(hidden[scored]), weight, bias, target, factors, model.mask_id)
+        head, weight, bias = model.projection  # over the output vocabulary
+        tok_sum, ce, correct = linear_cross_entropy(head(hidden[scored]), weight, bias, target, factors,
+                                                    model.out_mask_id)
         weighted = tok_sum / L
     else:
-        # 3. logits only where the loss needs them: [M, V]
-        logits = model.logits(hidden[scored]).float()
+        # 3. logits only where the loss needs them: [M, V] (V': the output vocabulary)
+        logits = model.out_logits(hidden[scored]).float()
         # 4. cross-entropy per scored token: [M]
         ce = F.cross_entropy(logits, target, reduction="none")
         # 5. the loss weight's per-token loss: [M]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from sgdd.errors import SgddError
@@ -50,18 +51,35 @@ def resolve_decoder(cfg: TrainConfig, data: TrainData) -> DecoderConfig:
     return dataclasses.replace(cfg.model, d_model=d, max_len=length)
 
 
+def corpus_vocabulary(data: TrainData) -> torch.Tensor:
+    """``model.vocab: corpus``: the sorted ids of every token of the training and validation
+    splits and every special token (the mask among them)."""
+    if data.view != "sentence":
+        raise SgddError(f"model.vocab corpus needs the sentence view (here: the {data.view} view); use model.vocab full")
+    specials = torch.tensor([i for i in data.special_ids.values() if i is not None])
+    splits = [data.train.ids] + ([] if data.val is None else [data.val.ids])
+    return torch.cat([s.unique() for s in splits] + [specials]).unique()  # sorted
+
+
 def build_model(cfg: TrainConfig, data: TrainData) -> Decoder:
-    """A freshly initialised decoder (seeded) with the cache's embeddings (and LM head) copied in."""
+    """A freshly initialised decoder (seeded) with the cache's embeddings (and LM head) copied in,
+    its output vocabulary restricted to the training split's tokens with ``model.vocab: corpus``."""
     seed_everything(cfg.seed)
+    vocab = corpus_vocabulary(data) if cfg.model.vocab == "corpus" else None
+    sizes = (data.vocab_size, data.cond_dim, data.embeddings.shape[1], data.special_ids["mask_id"])
+    out_vocab = None if vocab is None else len(vocab)
     if data.body is not None:  # the encoder's own layers as the body
         body_config, body_weights = data.body
-        model = BodyDecoder(resolve_decoder(cfg, data), data.vocab_size, data.cond_dim, data.embeddings.shape[1],
-                            data.special_ids["mask_id"], body_config)
+        model = BodyDecoder(resolve_decoder(cfg, data), *sizes, body_config, out_vocab=out_vocab)
         model.load_encoder(body_weights)
+    else:
+        model = Decoder(resolve_decoder(cfg, data), *sizes, out_vocab=out_vocab)
+        model.load_embeddings(data.embeddings)
+    if vocab is not None:
+        model.set_vocab(vocab)
+        log.info(f"model.vocab corpus: {len(vocab)} of {data.vocab_size} tokens in the output projection")
+    if data.body is not None:
         return model
-    model = Decoder(resolve_decoder(cfg, data), data.vocab_size, data.cond_dim, data.embeddings.shape[1],
-                    data.special_ids["mask_id"])
-    model.load_embeddings(data.embeddings)
     if data.lm_head is not None and not model.cfg.tie_output:
         model.load_output(data.lm_head)
     elif data.lm_head is not None and not data.info.get("tied_lm_head", True):
@@ -100,4 +118,6 @@ def init_from(model: Decoder, cfg: TrainConfig, data: TrainData) -> None:
         raise SgddError(f"--init-from {source}: the decoder differs ({'; '.join(diff)})")
     loaded, loaded_meta = load_model(source)
     model.load_state_dict(loaded.state_dict())
+    if model.out_vocab is not None:  # every token it is trained and validated on must be one it can write
+        model.out_index(corpus_vocabulary(data))
     log.info(f"initialised from {source} ({loaded_meta['weights']} weights, step {meta.get('step')})")
