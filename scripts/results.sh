@@ -99,6 +99,18 @@ recon_cpu_ablations() {  # each ABL_MINUTES (default 12; RESULTS.md used 10) min
   train runs/abl12-iid "${base[@]}" --set diffusion.stratified=false
   train runs/abl12-body-adaln "${base[@]}" --set model.conditioning=adaln
 }
+quickstart_batch() {  # the quickstart's batch size: 12 minutes each, two runs side by side on one thread each,
+  # validation on 512 sentences (eval_batches x batch_size; 256 for exp-B32, as it was run); RESULTS.md section 0
+  local base=(--config configs/recon-cpu.yaml --set optim.max_minutes=12 --set eval_every=100000
+              --set save_every=100000)
+  OMP_NUM_THREADS=1 train runs/exp-A "${base[@]}" --set optim.batch_size=64 --set eval_batches=8 &
+  OMP_NUM_THREADS=1 train runs/exp-B32 "${base[@]}" --set optim.batch_size=32 --set eval_batches=8 &
+  wait
+  OMP_NUM_THREADS=1 train runs/exp-C16 "${base[@]}" --set optim.batch_size=16 --set eval_batches=32 &
+  OMP_NUM_THREADS=1 train runs/exp-D32hb "${base[@]}" --set optim.batch_size=32 --set eval_batches=16 \
+    --set optim.body_lr=3e-4 &
+  wait
+}
 eval_recon_cpu() {  # test sentences of <= 32 tokens: one decode of 16 steps (600), the encoder as judge (100), reference length (600)
   local run=${RUN:-runs/recon-cpu}
   # the repetition penalty of the presets, chosen here on the validation split
