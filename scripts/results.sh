@@ -111,6 +111,20 @@ quickstart_batch() {  # the quickstart's batch size: 12 minutes each, two runs s
     --set optim.body_lr=3e-4 &
   wait
 }
+corpus_vocab_speed() {  # model.vocab corpus against full: seconds for steps 10-40 of the recipe at batch 32,
+  # alternating, two threads, at the quickstart's 12,000 sentences and at recon-cpu's 40,000
+  local rows vocab
+  for rows in 12000 40000; do
+    for vocab in full corpus full corpus; do
+      rm -rf runs/speed-$vocab
+      OMP_NUM_THREADS=2 $SGDD train --config configs/recon-cpu.yaml --out runs/speed-$vocab --set model.vocab=$vocab \
+        --set optim.batch_size=32 --set optim.max_steps=40 --set optim.max_minutes=null --set val_split=null \
+        --set eval_every=0 --set save_every=0 --set log_every=10 --set max_train_samples=$rows
+      $SGDD_PY -c 'import json, sys; t = {r["step"]: r["elapsed"] for r in map(json.loads, open(sys.argv[1])) if "loss" in r}
+print(sys.argv[2], sys.argv[3], "rows: steps 10-40 in", round(t[40] - t[10], 1), "s")' runs/speed-$vocab/metrics.jsonl $rows $vocab
+    done
+  done
+}
 eval_recon_cpu() {  # test sentences of <= 32 tokens: one decode of 16 steps (600), the encoder as judge (100), reference length (600)
   local run=${RUN:-runs/recon-cpu}
   # the repetition penalty of the presets, chosen here on the validation split

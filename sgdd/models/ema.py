@@ -41,6 +41,12 @@ class EMA:
         """The averaged weights, keyed like the model's state dict."""
         return self.shadow
 
+    def model_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """``model``'s state dict with the averaged weights in place of its parameters: what a
+        checkpoint's ema.safetensors holds, so that it loads whole (buffers such as the output
+        vocabulary's ids included)."""
+        return model.state_dict() | self.shadow
+
     def load_state_dict(self, weights: dict[str, torch.Tensor], updates: int) -> None:
         missing = set(self.shadow) - set(weights)
         if missing:

@@ -97,7 +97,7 @@ RECIPE = {"model.init_body": "encoder", "model.conditioning": "prefix", "model.d
 
 
 def test_corpus_vocab_trains_saves_reloads_and_writes_only_its_tokens(body_cache, tmp_path):
-    cfg = tiny_cfg(body_cache, tmp_path / "run", **RECIPE | {"optim.max_steps": 6, "eval_every": 3})
+    cfg = tiny_cfg(body_cache, tmp_path / "run", **RECIPE | {"optim.max_steps": 6, "eval_every": 3, "ema_decay": 0.9})
     data = load_data(cfg)
     vocab = corpus_vocabulary(data)
     specials = [data.special_ids[k] for k in SPECIAL_KEYS]
@@ -106,7 +106,8 @@ def test_corpus_vocab_trains_saves_reloads_and_writes_only_its_tokens(body_cache
     result = fit(cfg)
     assert any("val_loss" in r for r in result.metrics)
     ckpt = tmp_path / "run" / "checkpoints" / "last"
-    model, _ = load_model(ckpt)
+    model, meta = load_model(ckpt)  # the EMA weights, with the vocabulary's ids
+    assert meta["weights"] == "ema"
     assert read_meta(ckpt)["out_vocab"] == len(vocab) and torch.equal(model.out_vocab, vocab)
     z = data.val.vectors[:4]
     out = decode(model, z, steps=4, length=8)

@@ -78,7 +78,7 @@ def write_checkpoint(directory: Path, model: Decoder, meta: dict, trainer_state:
     def add_trainer_state(tmp: Path) -> None:
         torch.save(trainer_state, tmp / TRAINER_STATE)
 
-    return save_model(directory, model, meta, None if ema is None else ema.state_dict(), label=directory,
+    return save_model(directory, model, meta, None if ema is None else ema.model_state(model), label=directory,
                       extra=None if trainer_state is None else add_trainer_state)
 
 
