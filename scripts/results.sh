@@ -37,6 +37,9 @@ recon() {
     --set diffusion.loss_weight=ones --set optim.max_steps=1500 --set optim.warmup_steps=200
 }
 paraphrase() { train runs/paraphrase-mix --config configs/paraphrase-mix-cpu.yaml; }
+paraphrase_recon_cpu() {  # phase 2 from runs/recon-cpu (collect the pairs, 35 minutes, test against the copy floor)
+  $SGDD run configs/paraphrase-recon-cpu.yaml
+}
 mtp() {  # the whole block drafted; then EAGLE-style, the base model's own next token given
   train runs/mtp-smollm2-cpu --config configs/mtp-cpu.yaml --cache cache/smollm2-windows --set optim.max_steps=2000
   train runs/mtp-smollm2-cpu-given1 --config configs/mtp-cpu.yaml --cache cache/smollm2-windows \
