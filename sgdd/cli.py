@@ -61,6 +61,8 @@ CHOICES: dict[tuple[type, str], list[str]] = {
     (CollectConfig, "dtype"): ["bf16", "fp16", "fp32"],
     (CollectConfig, "precision"): PRECISIONS,
     (TrainConfig, "model.conditioning"): ["cross", "adaln", "prefix"],
+    (TrainConfig, "model.init_body"): ["none", "encoder"],
+    (TrainConfig, "model.vocab"): ["full", "corpus"],
     (TrainConfig, "diffusion.schedule"): ["linear", "cosine", "polynomial", "loglinear"],
     (TrainConfig, "diffusion.loss_weight"): ["elbo", "ones", "path", "cart"],
     (TrainConfig, "precision"): PRECISIONS,

@@ -16,12 +16,16 @@ from sgdd.log import progress, quiet_transformers, setup
 def test_choices_match_the_registries():
     from sgdd.decoding.schedules import UNMASK_SCHEDULES
     from sgdd.decoding.samplers import SAMPLERS
+    from sgdd.models.decoder import CONDITIONINGS, INIT_BODIES, VOCABS
     from sgdd.models.diffusion import LOSS_WEIGHTS, SCHEDULES
     from sgdd.stages.train.trackers import TRACKERS
 
     assert CHOICES[(TrainConfig, "diffusion.schedule")] == list(SCHEDULES)
     assert CHOICES[(TrainConfig, "diffusion.loss_weight")] == list(LOSS_WEIGHTS)
     assert CHOICES[(TrainConfig, "report_to")] == list(TRACKERS)
+    assert CHOICES[(TrainConfig, "model.conditioning")] == list(CONDITIONINGS)
+    assert CHOICES[(TrainConfig, "model.init_body")] == list(INIT_BODIES)
+    assert CHOICES[(TrainConfig, "model.vocab")] == list(VOCABS)
     assert CHOICES[(EvalConfig, "sampler")] == CHOICES[(EvalConfig, "candidate_samplers")] == list(SAMPLERS)
     assert CHOICES[(EvalConfig, "schedule")] == list(UNMASK_SCHEDULES)
     for (cls, dotted), values in CHOICES.items():  # every default is one of the choices
