@@ -167,7 +167,7 @@ class OutputVocab:
                              f"output tokens, not {len(ids)}")
         with torch.no_grad():
             self.out_vocab.copy_(ids)
-        self.out_index(torch.tensor([self.mask_id]))
+        self.out_index(torch.tensor([self.mask_id]))  # raises unless the mask token is among them
 
     @property
     def out_mask_id(self) -> int:

@@ -62,8 +62,9 @@ def corpus_vocabulary(data: TrainData) -> torch.Tensor:
 
 
 def build_model(cfg: TrainConfig, data: TrainData) -> Decoder:
-    """A freshly initialised decoder (seeded) with the cache's embeddings (and LM head) copied in,
-    its output vocabulary restricted to the training split's tokens with ``model.vocab: corpus``."""
+    """A freshly initialised decoder (seeded) with the cache's embeddings (and LM head) or encoder
+    body copied in; with ``model.vocab: corpus`` its output covers the tokens of the training and
+    validation splits only."""
     seed_everything(cfg.seed)
     vocab = corpus_vocabulary(data) if cfg.model.vocab == "corpus" else None
     sizes = (data.vocab_size, data.cond_dim, data.embeddings.shape[1], data.special_ids["mask_id"])
@@ -75,16 +76,14 @@ def build_model(cfg: TrainConfig, data: TrainData) -> Decoder:
     else:
         model = Decoder(resolve_decoder(cfg, data), *sizes, out_vocab=out_vocab)
         model.load_embeddings(data.embeddings)
+        if data.lm_head is not None and not model.cfg.tie_output:
+            model.load_output(data.lm_head)
+        elif data.lm_head is not None and not data.info.get("tied_lm_head", True):
+            log.info("model.tie_output is true: the output layer is tied to the input embeddings, the base model's "
+                     "separate LM head is not used (set model.tie_output false to start from it)")
     if vocab is not None:
         model.set_vocab(vocab)
         log.info(f"model.vocab corpus: {len(vocab)} of {data.vocab_size} tokens in the output projection")
-    if data.body is not None:
-        return model
-    if data.lm_head is not None and not model.cfg.tie_output:
-        model.load_output(data.lm_head)
-    elif data.lm_head is not None and not data.info.get("tied_lm_head", True):
-        log.info("model.tie_output is true: the output layer is tied to the input embeddings, the base model's "
-                 "separate LM head is not used (set model.tie_output false to start from it)")
     return model
 
 
