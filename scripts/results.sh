@@ -6,6 +6,7 @@
 #   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
 #   bash scripts/results.sh recon-cpu-collect recon-cpu eval-recon-cpu recon-cpu-ablations eval-recon-cpu-ablations
 #   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen tune-mtp-draft eval-mtp-draft   (the MTP head as a speculative decoder)
+#   bash scripts/results.sh spec-2threads tune-draft-floor; FLOOR=P bash scripts/results.sh eval-draft-floor   (alone on both cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
@@ -209,6 +210,23 @@ eval_mtp_draft() {  # the setting validation chose (8192 tokens, one pass), both
       --draft-vocab 8192 --out $run/speculate-test-vocab8192 &
   done
   wait
+}
+# The drafter alone on the machine (two threads), and the probability floor of its drafts
+# (--draft-min-prob) chosen on the 20 validation prompts, then run on the 100 test prompts.
+spec_2threads() {
+  OMP_NUM_THREADS=2 $SGDD speculate --run runs/mtp-gen "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl --draft-passes 1 \
+    --draft-vocab 8192 --out runs/mtp-gen/speculate-test-vocab8192-2threads
+}
+tune_draft_floor() {
+  local p
+  for p in 0 0.05 0.15 0.3; do
+    OMP_NUM_THREADS=2 $SGDD speculate --run runs/mtp-gen "${SPEC[@]}" --prompts runs/prompts-validation-20.jsonl \
+      --draft-passes 1 --draft-vocab 8192 --draft-min-prob $p --out runs/mtp-gen/speculate-validation-floor$p
+  done
+}
+eval_draft_floor() {  # FLOOR: the floor tune-draft-floor chose
+  OMP_NUM_THREADS=2 $SGDD speculate --run runs/mtp-gen "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl --draft-passes 1 \
+    --draft-vocab 8192 --draft-min-prob "${FLOOR:?set FLOOR}" --out "runs/mtp-gen/speculate-test-floor$FLOOR"
 }
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}

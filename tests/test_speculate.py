@@ -177,6 +177,34 @@ def test_a_draft_vocabulary_limits_the_drafts_not_the_output(lm, prompts):
         assert speculate(base, small, prompt, 20, vocab_size=V).tokens == hf_greedy(lm, prompt, 20)
 
 
+def test_a_probability_floor_cuts_each_draft_before_its_first_unsure_token(lm, prompts):
+    """With ``min_prob`` the draft is the full draft up to (not including) its first token whose
+    committed probability is below the floor; a floor above every probability drafts nothing, so
+    every pass is a plain greedy step; the output is greedy's either way."""
+    from sgdd.decoding.maskgit import decode
+
+    V = lm.model.config.vocab_size
+    head = random_head(lm, seed=7)
+    h = torch.randn(6, lm.hidden_size)
+    full = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision)
+    for i in range(6):
+        _, traj = decode(head, h[i:i + 1], length=L, prefix=torch.tensor([[4 + i]]), steps=1, return_trajectory=True)
+        probs = traj.token_logp[0, 1:].exp().tolist()
+        low = sorted(probs)
+        floor = (low[0] + low[1]) / 2  # the least sure token falls below it, at least one other does not
+        cut = next((k for k, p in enumerate(probs) if p < floor), len(probs))
+        floored = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, min_prob=floor)
+        assert floored(h[i], [1, 4 + i]) == full(h[i], [1, 4 + i])[:cut]
+    nothing = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, min_prob=1.0)
+    base = BaseLM(lm)
+    for prompt in prompts:
+        run = speculate(base, nothing, prompt, 20, vocab_size=V)
+        assert run.tokens == hf_greedy(lm, prompt, 20)
+        assert set(run.drafted) == {0} and set(run.accepted) == {1}
+    with pytest.raises(ValueError, match="min_prob"):
+        HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, min_prob=1.5)
+
+
 # --------------------------------------------------------------------------------------------
 # `sgdd speculate` end to end
 # --------------------------------------------------------------------------------------------
@@ -234,6 +262,15 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_run, prompt_file, tmp_pa
     labels = {t for ids in open_cache(json.loads((tiny_run / "checkpoints/last/model.json").read_text())["cache"])
               .split("train").column("output_ids") for t in ids}
     assert report["draft_vocab"] == len(labels)  # by default: up to 8192 of the training labels, here all of them
+    assert report["drafted_per_pass"] == L - 1 and report["draft_min_prob"] == 0  # whole drafts by default
+
+
+def test_cli_with_a_probability_floor_of_one_drafts_nothing(tiny_run, prompt_file, tmp_path):
+    report = speculate_report(tiny_run, prompt_file, tmp_path / "spec", "--draft-min-prob", "1")
+    assert report["identical_to_greedy"] is True and report["drafted_per_pass"] == 0
+    assert report["acceptance_histogram"]["1"] == report["verification_passes"]
+    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--draft-min-prob", "2")
+    assert result.exit_code != 0 and "draft_min_prob must lie in [0, 1], got 2" in result.output
 
 
 def test_cli_drafts_from_the_most_frequent_training_labels(tiny_run, prompt_file, tmp_path):

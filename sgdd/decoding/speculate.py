@@ -127,6 +127,7 @@ class Generation:
     seconds: float  # wall clock, prompt included
     forwards: int  # base-model forward passes (the prompt's included)
     accepted: list[int] = field(default_factory=list)  # speculative: tokens added by each verification pass
+    drafted: list[int] = field(default_factory=list)  # speculative: drafts each verification pass checked
     draft_seconds: float = 0.0  # speculative: time spent in the drafter
 
 
@@ -150,7 +151,7 @@ def speculate(lm: BaseLM, drafter: Drafter, prompt: list[int], max_new_tokens: i
     _sync(lm.device)
     start, forwards, drafting = time.perf_counter(), lm.forwards, 0.0
     token, h = lm.start(prompt)
-    out, accepted = [token], []
+    out, accepted, drafted = [token], [], []
     while len(out) < max_new_tokens and token != eos_id:
         t0 = time.perf_counter()
         drafts = list(drafter(h, out))
@@ -167,12 +168,13 @@ def speculate(lm: BaseLM, drafter: Drafter, prompt: list[int], max_new_tokens: i
         new = drafts[:a] + [verdict[a]]
         out += new
         accepted.append(a + 1)
+        drafted.append(len(drafts))
         token, h = verdict[a], hidden[a]
         if eos_id is not None and eos_id in drafts[:a]:
             break
     _sync(lm.device)
     return Generation(_finish(out, max_new_tokens, eos_id), time.perf_counter() - start, lm.forwards - forwards,
-                      accepted, drafting)
+                      accepted, drafted, drafting)
 
 
 class _DraftView:
@@ -215,24 +217,34 @@ class _DraftView:
 class HeadDrafter:
     """A trained MTP head as drafter: a block of ``block_length`` tokens conditioned on h, the
     base model's own next token given at position 0, decoded in ``sampling.steps`` passes.
-    ``vocab``: the token ids [N] the drafts may use (default all; see :func:`draft_vocabulary`)."""
+    ``vocab``: the token ids [N] the drafts may use (default all; see :func:`draft_vocabulary`).
+    ``min_prob``: the draft ends before its first token whose probability under the head (when
+    it was committed) is below this; a draft that would likely be rejected is not sent, and a
+    verification over fewer tokens costs less (0: always the whole block)."""
 
     def __init__(self, model, block_length: int, sampling: Sampling, device: torch.device, precision: Precision,
-                 seed: int = 0, vocab: torch.Tensor | None = None):
+                 seed: int = 0, vocab: torch.Tensor | None = None, min_prob: float = 0.0):
+        if not 0.0 <= min_prob <= 1.0:
+            raise ValueError(f"min_prob must lie in [0, 1], got {min_prob}")
         model = model.to(device).eval()
         if device.type == "cpu":
             fewrows.use_few_rows(model)
         vocab = None if vocab is None else vocab.to(device)
         self.model, self.L, self.device, self.precision = _DraftView(model, vocab), block_length, device, precision
-        self.sampling = sampling.check()
+        self.sampling, self.min_prob = sampling.check(), min_prob
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, h: torch.Tensor, continuation: list[int]) -> list[int]:
         z = h[None].to(self.device)  # [1, H]
         prefix = torch.tensor([continuation[-1:]], dtype=torch.long, device=self.device)  # [1, 1] the known token b
         with self.precision.autocast():
-            ids = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix, sampling=self.sampling)  # [1, L]
-        return ids[0, 1:].tolist()
+            ids, trajectory = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix,
+                                     sampling=self.sampling, return_trajectory=True)  # [1, L]
+        drafts = ids[0, 1:].tolist()
+        if self.min_prob > 0:
+            sure = (trajectory.token_logp[0, 1:].exp() >= self.min_prob).tolist()
+            drafts = drafts[: sure.index(False) if False in sure else len(drafts)]
+        return drafts
 
 
 def draft_vocabulary(labels: Iterable[Sequence[int]], size: int, exclude: Sequence[int] = ()) -> torch.Tensor:

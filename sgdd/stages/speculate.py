@@ -68,6 +68,9 @@ class SpeculateConfig:
     device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
     precision: str = doc("fp32", "Compute precision of both loops: fp32, bf16, fp16 (auto: bf16 on CPU).")
     seed: int = doc(0, "Seed of the drafter's generator (random samplers).")
+    draft_min_prob: float = doc(0.0, "End each draft before its first token whose probability under the head is "
+                                "below P (0 = always draft the whole block). Fewer drafted tokens make the "
+                                "verification cheaper; the output is the base model's greedy output either way.")
     draft_vocab: int | None = doc(8192, "Draft only the N tokens most frequent among the run's training labels (the "
                                   "base model's next tokens in its cache's training split); null = the whole "
                                   "vocabulary. The output is the base model's greedy output either way. A draft "
@@ -155,6 +158,7 @@ def summary(greedy_runs: list[Generation], spec_runs: list[Generation], block_le
         "acceptance_length": sum(passes) / max(len(passes), 1),
         "acceptance_histogram": {str(k): hist.get(k, 0) for k in range(1, block_length + 1)},
         "verification_passes": len(passes),
+        "drafted_per_pass": sum(n for g in spec_runs for n in g.drafted) / max(len(passes), 1),
         "tokens": tokens,
         "greedy": {"seconds": round(g_sec, 4), "tokens_per_s": tokens / max(g_sec, 1e-9),
                    "forward_passes": sum(g.forwards for g in greedy_runs)},
@@ -189,7 +193,9 @@ def write_markdown(report: dict, out: Path, picture: Path | None) -> None:
         f"- run `{report['run']}`, checkpoint `{report['checkpoint']}` ({report['weights']} weights), "
         f"block {report['block_length']} (drafts {report['block_length'] - 1} tokens a pass), "
         f"{report['draft_passes']} draft pass(es), sampler {report['sampling']['sampler']}, drafts from "
-        + (f"the {report['draft_vocab']} most frequent training labels" if report.get("draft_vocab") else "the whole vocabulary"),
+        + (f"the {report['draft_vocab']} most frequent training labels" if report.get("draft_vocab") else "the whole vocabulary")
+        + (f", each ended before its first token of probability < {report['draft_min_prob']}"
+           if report.get("draft_min_prob") else ""),
         f"- base model `{report['model']}`" + (f" ({report['gguf_file']})" if report.get("gguf_file") else "")
         + f", hidden state layer {report['layer']} stored as {report['hidden_dtype']}",
         f"- {report['prompts']} prompts, up to {report['max_new_tokens']} new tokens each; device {report['device']}, "
@@ -202,7 +208,8 @@ def write_markdown(report: dict, out: Path, picture: Path | None) -> None:
         f"| speculative | {report['tokens']} | {s['seconds']:.2f} | {s['tokens_per_s']:.1f} | {s['forward_passes']} |",
         "",
         f"Acceptance length {report['acceptance_length']:.3f} tokens per verification pass "
-        f"({report['verification_passes']} passes); speed-up **{report['speedup']:.3f}x** (wall clock); "
+        f"({report['verification_passes']} passes, {report['drafted_per_pass']:.2f} drafted tokens verified per pass); "
+        f"speed-up **{report['speedup']:.3f}x** (wall clock); "
         f"drafting took {s['draft_seconds']:.2f} s of the speculative loop.",
         "",
         "| tokens per pass | " + " | ".join(report["acceptance_histogram"]) + " |",
@@ -220,6 +227,8 @@ def run(cfg: SpeculateConfig) -> Path:
     default_threads()
     if cfg.max_new_tokens < 1 or cfg.draft_passes < 1 or cfg.prompt_tokens < 1:
         raise SgddError("max_new_tokens, draft_passes and prompt_tokens must be at least 1")
+    if not 0.0 <= cfg.draft_min_prob <= 1.0:
+        raise SgddError(f"draft_min_prob must lie in [0, 1], got {cfg.draft_min_prob}")
     if cfg.draft_vocab is not None and cfg.draft_vocab < 1:
         raise SgddError(f"draft_vocab must be at least 1 (or null for the whole vocabulary), got {cfg.draft_vocab}")
     sampling = Sampling(sampler=cfg.sampler, steps=cfg.draft_passes, schedule=cfg.schedule, tau=cfg.tau).check()
@@ -246,7 +255,7 @@ def run(cfg: SpeculateConfig) -> Path:
     vocab = None
     if cfg.draft_vocab is not None:
         vocab = draft_vocabulary(training_labels(run_dir, cache), cfg.draft_vocab, exclude=[head.mask_id])
-    drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed, vocab)
+    drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed, vocab, cfg.draft_min_prob)
     prompts = [lm.tokenizer(t)["input_ids"][: cfg.prompt_tokens] for t in texts]
 
     greedy(base, prompts[0], min(8, cfg.max_new_tokens), eos)  # warm-up (first calls allocate), not timed
@@ -276,7 +285,8 @@ def run(cfg: SpeculateConfig) -> Path:
         "device": str(device), "precision": precision.name, "threads": torch.get_num_threads(),
         "prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens, "block_length": block_length,
         "given": meta.get("given", 0), "consistent_labels": meta.get("consistent_labels"),
-        "draft_passes": cfg.draft_passes, "draft_vocab": None if vocab is None else len(vocab), "sampling": dataclasses.asdict(sampling),
+        "draft_passes": cfg.draft_passes, "draft_vocab": None if vocab is None else len(vocab),
+        "draft_min_prob": cfg.draft_min_prob, "sampling": dataclasses.asdict(sampling),
         "identical_to_greedy": not differences, "differences": differences[:20],
         **summary(greedy_runs, spec_runs, block_length),
     }
