@@ -6,7 +6,8 @@
 #   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
 #   bash scripts/results.sh recon-cpu-collect recon-cpu eval-recon-cpu recon-cpu-ablations eval-recon-cpu-ablations
 #   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen tune-mtp-draft eval-mtp-draft   (the MTP head as a speculative decoder)
-#   bash scripts/results.sh spec-2threads tune-draft-floor; FLOOR=P bash scripts/results.sh eval-draft-floor   (alone on both cores)
+#   bash scripts/results.sh spec-2threads tune-draft-floor tune-draft-width; WIDTH=K bash scripts/results.sh eval-draft-width
+#     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
@@ -223,6 +224,17 @@ tune_draft_floor() {
     OMP_NUM_THREADS=2 $SGDD speculate --run runs/mtp-gen "${SPEC[@]}" --prompts runs/prompts-validation-20.jsonl \
       --draft-passes 1 --draft-vocab 8192 --draft-min-prob $p --out runs/mtp-gen/speculate-validation-floor$p
   done
+}
+tune_draft_width() {  # draft trees: K candidates per position (the chain and K-1 alternatives beside it)
+  local k
+  for k in 2 3 4; do
+    OMP_NUM_THREADS=2 $SGDD speculate --run runs/mtp-gen "${SPEC[@]}" --prompts runs/prompts-validation-20.jsonl \
+      --draft-passes 1 --draft-vocab 8192 --draft-width $k --out runs/mtp-gen/speculate-validation-width$k
+  done
+}
+eval_draft_width() {  # WIDTH: the width tune-draft-width chose
+  OMP_NUM_THREADS=2 $SGDD speculate --run runs/mtp-gen "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl --draft-passes 1 \
+    --draft-vocab 8192 --draft-width "${WIDTH:?set WIDTH}" --out "runs/mtp-gen/speculate-test-width$WIDTH"
 }
 eval_draft_floor() {  # FLOOR: the floor tune-draft-floor chose
   OMP_NUM_THREADS=2 $SGDD speculate --run runs/mtp-gen "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl --draft-passes 1 \

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from sgdd.cache import open_cache
 from sgdd.cli import cli
 from sgdd.decoding.samplers import Sampling
-from sgdd.decoding.speculate import BaseLM, HeadDrafter, draft_vocabulary, greedy, speculate
+from sgdd.decoding.speculate import BaseLM, HeadDrafter, TreeDraft, draft_vocabulary, greedy, speculate
 from sgdd.models.decoder import Decoder
 from sgdd.models.decoder import DecoderConfig
 from sgdd.stages.collect.config import CollectConfig
@@ -206,6 +206,90 @@ def test_a_probability_floor_cuts_each_draft_before_its_first_unsure_token(lm, p
 
 
 # --------------------------------------------------------------------------------------------
+# draft trees
+# --------------------------------------------------------------------------------------------
+def test_a_draft_tree_knows_its_ancestors_depths_and_accepted_path():
+    #      b
+    #    /   \
+    #  0:5   1:6
+    #   |  \
+    # 2:7  3:8
+    tree = TreeDraft([5, 6, 7, 8], [-1, -1, 0, 0])
+    see = tree.attention()  # rows/columns: b, then the nodes
+    assert see.tolist() == [[True, False, False, False, False], [True, True, False, False, False],
+                            [True, False, True, False, False], [True, True, False, True, False],
+                            [True, True, False, False, True]]
+    assert tree.depths() == [0, 1, 1, 2, 2]
+    assert tree.walk([6, 9, 9, 9, 9]) == [1]  # b's greedy token is node 1's; nothing below it
+    assert tree.walk([5, 8, 9, 9, 9]) == [0, 3]  # node 0, then its second child
+    assert tree.walk([4, 8, 9, 9, 9]) == []
+    assert tree.keep([True, True, False, True]) == TreeDraft([5, 6, 8], [-1, -1, 0])
+    assert tree.keep([False, True, True, True]) == TreeDraft([6], [-1])  # a dropped node takes its subtree
+    assert TreeDraft.chain([3, 4]).is_chain and not tree.is_chain
+
+
+class TreeOracle:
+    """A tree of the chain-with-alternatives shape (width 2) over the true greedy continuation:
+    at each depth the chain holds a wrong token (``chain_right`` False) or the right one, and the
+    alternative beside it the right one."""
+
+    def __init__(self, truth: list[int], vocab: int, chain_right: bool):
+        self.truth, self.vocab, self.chain_right = truth, vocab, chain_right
+
+    def __call__(self, h, continuation):
+        n = len(continuation)
+        assert continuation == self.truth[:n]
+        tokens, parents, chain = [], [], -1
+        for t in self.truth[n : n + L - 1]:
+            tokens += [t if self.chain_right else (t + 1) % self.vocab, t]
+            parents += [chain, chain]
+            chain = len(tokens) - 2
+        return TreeDraft(tokens, parents)
+
+
+@pytest.mark.parametrize("chain_right", [True, False])
+def test_a_tree_verification_accepts_the_right_branch_and_keeps_its_cache(lm, prompts, chain_right):
+    """A right chain: L tokens per pass. A wrong chain beside a right alternative: the alternative
+    at depth 1 (not the first node: the cache keeps a non-prefix entry), then the base model's own
+    token, so exactly 2 tokens per pass; the output is greedy's either way."""
+    base, V = BaseLM(lm), lm.model.config.vocab_size
+    per_pass = L if chain_right else 2
+    passes = 5
+    n = 1 + passes * per_pass
+    for prompt in prompts:
+        truth = hf_greedy(lm, prompt, n + L)
+        spec = speculate(base, TreeOracle(truth, V, chain_right), prompt, n)
+        assert spec.tokens == truth[:n]
+        assert spec.accepted == [per_pass] * passes
+        assert spec.drafted == [2 * (L - 1)] * passes
+
+
+@pytest.mark.parametrize("width,min_prob", [(2, 0.0), (3, 0.0), (3, 0.01)])
+def test_a_random_head_drafting_trees_still_gives_the_greedy_output(lm, prompts, width, min_prob):
+    head = random_head(lm, seed=11)
+    drafter = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, width=width, min_prob=min_prob)
+    base = BaseLM(lm)
+    for prompt in prompts:
+        assert speculate(base, drafter, prompt, 24, vocab_size=lm.model.config.vocab_size).tokens == hf_greedy(lm, prompt, 24)
+
+
+def test_the_trees_chain_is_the_heads_one_pass_draft(lm):
+    """The first candidate at every depth (the chain) is what the width-1 drafter drafts; the others
+    are the next most probable tokens of the same position, each a leaf beside the chain's token."""
+    head = random_head(lm, seed=13)
+    h = torch.randn(4, lm.hidden_size)
+    chain = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision)
+    wide = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, width=3)
+    for i in range(4):
+        tree = wide(h[i], [1, 9 + i])
+        assert tree.tokens[0::3] == chain(h[i], [1, 9 + i])
+        assert tree.parents == [-1, -1, -1, 0, 0, 0, 3, 3, 3]
+        assert len(set(tree.tokens[0:3])) == 3
+    with pytest.raises(ValueError, match="one draft pass"):
+        HeadDrafter(head, L, Sampling(steps=2), CPU, lm.precision, width=2)
+
+
+# --------------------------------------------------------------------------------------------
 # `sgdd speculate` end to end
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
@@ -263,6 +347,15 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_run, prompt_file, tmp_pa
               .split("train").column("output_ids") for t in ids}
     assert report["draft_vocab"] == len(labels)  # by default: up to 8192 of the training labels, here all of them
     assert report["drafted_per_pass"] == L - 1 and report["draft_min_prob"] == 0  # whole drafts by default
+
+
+def test_cli_drafts_trees_and_refuses_a_tree_over_several_passes(tiny_run, prompt_file, tmp_path):
+    report = speculate_report(tiny_run, prompt_file, tmp_path / "spec", "--draft-width", "2")
+    assert report["identical_to_greedy"] is True and report["draft_width"] == 2
+    assert report["drafted_per_pass"] == 2 * (L - 1)
+    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--draft-width", "2",
+                           "--draft-passes", "2")
+    assert result.exit_code != 0 and "above 1 needs draft_passes 1" in result.output
 
 
 def test_cli_with_a_probability_floor_of_one_drafts_nothing(tiny_run, prompt_file, tmp_path):

@@ -150,6 +150,16 @@ def _predict(model, cond: Conditioner, x: torch.Tensor, rows: torch.Tensor, open
     return model.logits(cond(model, x, t, rows)[open_])  # [M, V]
 
 
+@torch.no_grad()
+def first_pass_logits(model, z: torch.Tensor, x: torch.Tensor, maskable: int, noise: Schedule | None = None) -> torch.Tensor:
+    """The logits [M, V] at the masked positions of x [B, L] (row-major) that the first step of
+    :func:`decode` computes, without CFG; ``maskable``: the positions a row could hold masked (L
+    less a given prefix)."""
+    open_ = x == model.mask_id
+    rows = torch.arange(x.shape[0], device=x.device)
+    return _predict(model, Conditioner(model, z, guided=False), x, rows, open_, noise or get_schedule("linear"), maskable)
+
+
 def chunk_rows(vocab: int, device: torch.device) -> int:
     """Rows of float32 logits handled at once after the projection: ~2 MiB on CPU, so that
     cast, log-softmax, choice and confidence run in cache (3x faster than over all rows at

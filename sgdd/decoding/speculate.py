@@ -12,9 +12,15 @@ next token b = argmax LM(h_n) (not yet processed). Then:
    "next token" is g_a, the base model's own token after the last accepted one.
 
 One pass therefore adds a + 1 tokens (accepted drafts + the base model's own token), at most L:
-the ``acceptance_length`` (Medusa's acceleration rate, EAGLE's tau). Whatever the drafts, the
-output is the base model's greedy output, token for token; :func:`greedy` is the reference
-loop (one token per forward, same KV cache and code path) it is compared with.
+the ``acceptance_length`` (Medusa's acceleration rate, EAGLE's tau).
+
+A draft may also be a tree (:class:`TreeDraft`, Medusa's tree attention): several candidate
+tokens per position, each attending only to its own ancestors in the same verification forward
+(a 4D attention mask, positions by depth). The walk from b follows, at each node, the child whose
+token is the base model's greedy token there; the KV cache keeps b and the walked path.
+
+Whatever the drafts, the output is the base model's greedy output, token for token; :func:`greedy`
+is the reference loop (one token per forward, same KV cache and code path) it is compared with.
 
 A drafter is any callable ``(h [H] float32, continuation) -> drafts``, where the continuation
 so far ends with b; :class:`HeadDrafter` wraps a trained head. :func:`speculate` and :func:`greedy` take a :class:`BaseLM` (the base model of a
@@ -31,12 +37,69 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from sgdd.decoding.maskgit import decode
+from sgdd.decoding.maskgit import decode, first_pass_logits
 from sgdd.decoding.samplers import Sampling
 from sgdd.models import fewrows
 from sgdd.runtime import Precision
 
-Drafter = Callable[[torch.Tensor, list[int]], list[int]]
+
+@dataclass(frozen=True)
+class TreeDraft:
+    """Draft tokens as a tree below the known token b: ``parents[i]`` is the index of node i's
+    parent (-1: b itself); parents come before their children."""
+
+    tokens: list[int]
+    parents: list[int]
+
+    @classmethod
+    def chain(cls, tokens: Sequence[int]) -> "TreeDraft":
+        return cls(list(tokens), list(range(-1, len(tokens) - 1)))
+
+    @property
+    def is_chain(self) -> bool:
+        return self.parents == list(range(-1, len(self.tokens) - 1))
+
+    def keep(self, ok: Sequence[bool]) -> "TreeDraft":
+        """Only the nodes with ``ok`` whose ancestors are all kept (indices renumbered)."""
+        new_index: dict[int, int] = {-1: -1}
+        tokens, parents = [], []
+        for i, (token, parent) in enumerate(zip(self.tokens, self.parents)):
+            if ok[i] and parent in new_index:
+                new_index[i] = len(tokens)
+                tokens.append(token)
+                parents.append(new_index[parent])
+        return TreeDraft(tokens, parents)
+
+    def attention(self) -> torch.Tensor:
+        """[1 + n, 1 + n] bool: row j (b, then node j - 1) may see column k (itself and its ancestors)."""
+        n = len(self.tokens)
+        see = torch.eye(n + 1, dtype=torch.bool)
+        see[:, 0] = True
+        for i, parent in enumerate(self.parents):
+            see[i + 1] |= see[parent + 1]
+        return see
+
+    def depths(self) -> list[int]:
+        """Depth of b (0) and of every node."""
+        depth = [0]
+        for parent in self.parents:
+            depth.append(depth[parent + 1] + 1)
+        return depth
+
+    def walk(self, verdict: list[int]) -> list[int]:
+        """The accepted nodes: from b, while a child of the last accepted node holds the base
+        model's greedy token after it (``verdict`` [1 + n]: b's, then each node's)."""
+        path, here = [], -1
+        while True:
+            child = next((i for i, (t, p) in enumerate(zip(self.tokens, self.parents))
+                          if p == here and t == verdict[here + 1]), None)
+            if child is None:
+                return path
+            path.append(child)
+            here = child
+
+
+Drafter = Callable[[torch.Tensor, list[int]], "list[int] | TreeDraft"]
 
 
 def _sync(device: torch.device) -> None:
@@ -72,12 +135,23 @@ class BaseLM:
         return 0 if self.cache is None else self.cache.get_seq_length()
 
     @torch.inference_mode()
-    def _forward(self, ids: list[int], hidden: bool) -> tuple[list[int], torch.Tensor | None]:
+    def _forward(self, ids: list[int], hidden: bool, tree: TreeDraft | None = None) -> tuple[list[int], torch.Tensor | None]:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, n]
         want_layer = hidden and self.layer != -1
+        extra = {}
+        if tree is not None:  # ids = [b, *tree.tokens]: positions by depth, each sees its ancestors
+            past = self.length
+            see = torch.ones(len(ids), past + len(ids), dtype=torch.bool)
+            see[:, past:] = tree.attention()
+            mask = see  # SDPA takes it as it is (True: attend); eager attention adds a float mask
+            if getattr(self.lm.model.config, "_attn_implementation", None) != "sdpa":
+                dtype = self.lm.base.dtype
+                mask = torch.zeros(see.shape, dtype=dtype).masked_fill_(~see, torch.finfo(dtype).min)
+            extra = {"attention_mask": mask[None, None].to(self.device),
+                     "position_ids": torch.tensor([[past + d for d in tree.depths()]], device=self.device)}
         with self.precision.autocast():
             out = self.lm.base(input_ids=x, **{self._cache_arg: self.cache}, use_cache=True,
-                               output_hidden_states=want_layer)
+                               output_hidden_states=want_layer, **extra)
             last = out.last_hidden_state[0]  # [n, H] after the final norm: the LM head's input
             greedy = self.lm.head(last).argmax(-1)  # [n]
         self.forwards += 1  # (the DynamicCache grew in place)
@@ -96,9 +170,24 @@ class BaseLM:
         greedy, h = self._forward(prompt, hidden)
         return greedy[-1], None if h is None else h[-1]
 
-    def extend(self, ids: list[int], hidden: bool = True) -> tuple[list[int], torch.Tensor | None]:
-        """Process ``ids`` after the cached tokens -> (greedy token after each [n], hidden [n, H])."""
-        return self._forward(ids, hidden)
+    def extend(self, ids: list[int], hidden: bool = True, tree: TreeDraft | None = None) -> tuple[list[int], torch.Tensor | None]:
+        """Process ``ids`` after the cached tokens -> (greedy token after each [n], hidden [n, H]).
+        With ``tree`` (ids = [b, *tree.tokens]) each draft token sees only b and its ancestors."""
+        return self._forward(ids, hidden, tree)
+
+    @torch.inference_mode()
+    def keep(self, start: int, offsets: list[int]) -> None:
+        """Keep the first ``start`` cached tokens and those at ``start + offsets`` (increasing),
+        in that order: what a tree verification walked. The kept entries move up in place, then
+        the rest is cropped (a plain prefix is only a crop)."""
+        if offsets != list(range(len(offsets))):
+            src = torch.tensor([start + o for o in offsets], device=self.device)
+            layers = getattr(self.cache, "layers", None)  # transformers 5: one DynamicLayer per layer
+            stores = ([layer.keys for layer in layers] + [layer.values for layer in layers] if layers is not None
+                      else [*self.cache.key_cache, *self.cache.value_cache])  # transformers 4
+            for t in stores:  # [B, heads, S, d]
+                t[..., start : start + len(offsets), :] = t.index_select(-2, src)
+        self.rollback(start + len(offsets))
 
     def rollback(self, keep: int) -> None:
         """Keep the first ``keep`` cached tokens. ``crop(-n)`` drops the last n tokens in every
@@ -154,23 +243,23 @@ def speculate(lm: BaseLM, drafter: Drafter, prompt: list[int], max_new_tokens: i
     out, accepted, drafted = [token], [], []
     while len(out) < max_new_tokens and token != eos_id:
         t0 = time.perf_counter()
-        drafts = list(drafter(h, out))
+        tree = drafter(h, out)
         _sync(lm.device)
         drafting += time.perf_counter() - t0
+        tree = tree if isinstance(tree, TreeDraft) else TreeDraft.chain(tree)
         if vocab_size is not None:
-            drafts = drafts[: next((i for i, d in enumerate(drafts) if not 0 <= d < vocab_size), len(drafts))]
+            tree = tree.keep([0 <= d < vocab_size for d in tree.tokens])
         before = lm.length
-        verdict, hidden = lm.extend([token] + drafts)  # [1 + D], [1 + D, H]
-        a = 0
-        while a < len(drafts) and drafts[a] == verdict[a]:
-            a += 1
-        lm.rollback(before + 1 + a)  # b and the accepted drafts stay
-        new = drafts[:a] + [verdict[a]]
-        out += new
-        accepted.append(a + 1)
-        drafted.append(len(drafts))
-        token, h = verdict[a], hidden[a]
-        if eos_id is not None and eos_id in drafts[:a]:
+        verdict, hidden = lm.extend([token] + tree.tokens, tree=None if tree.is_chain else tree)  # [1 + D], [1 + D, H]
+        path = tree.walk(verdict)
+        lm.keep(before + 1, path)  # b and the accepted drafts stay
+        last = path[-1] + 1 if path else 0
+        drafts = [tree.tokens[i] for i in path]
+        out += drafts + [verdict[last]]
+        accepted.append(len(path) + 1)
+        drafted.append(len(tree.tokens))
+        token, h = verdict[last], hidden[last]
+        if eos_id is not None and eos_id in drafts:
             break
     _sync(lm.device)
     return Generation(_finish(out, max_new_tokens, eos_id), time.perf_counter() - start, lm.forwards - forwards,
@@ -218,24 +307,31 @@ class HeadDrafter:
     """A trained MTP head as drafter: a block of ``block_length`` tokens conditioned on h, the
     base model's own next token given at position 0, decoded in ``sampling.steps`` passes.
     ``vocab``: the token ids [N] the drafts may use (default all; see :func:`draft_vocabulary`).
-    ``min_prob``: the draft ends before its first token whose probability under the head (when
-    it was committed) is below this; a draft that would likely be rejected is not sent, and a
-    verification over fewer tokens costs less (0: always the whole block)."""
+    ``min_prob``: a draft token whose probability under the head (when it was committed) is below
+    this is not sent, nor is anything after it; a verification over fewer tokens costs less (0:
+    always the whole block). ``width`` > 1: a :class:`TreeDraft` from one pass of the head, its
+    best token at every position as a chain and the next ``width - 1`` candidates at each position
+    as leaves beside the chain's token ((L - 1) * width tokens, verified in one forward)."""
 
     def __init__(self, model, block_length: int, sampling: Sampling, device: torch.device, precision: Precision,
-                 seed: int = 0, vocab: torch.Tensor | None = None, min_prob: float = 0.0):
+                 seed: int = 0, vocab: torch.Tensor | None = None, min_prob: float = 0.0, width: int = 1):
         if not 0.0 <= min_prob <= 1.0:
             raise ValueError(f"min_prob must lie in [0, 1], got {min_prob}")
+        if width < 1 or (width > 1 and sampling.steps != 1):
+            raise ValueError(f"a draft width must be at least 1, and above 1 needs one draft pass (got width {width}, "
+                             f"{sampling.steps} passes)")
         model = model.to(device).eval()
         if device.type == "cpu":
             fewrows.use_few_rows(model)
         vocab = None if vocab is None else vocab.to(device)
         self.model, self.L, self.device, self.precision = _DraftView(model, vocab), block_length, device, precision
-        self.sampling, self.min_prob = sampling.check(), min_prob
+        self.sampling, self.min_prob, self.width = sampling.check(), min_prob, width
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
-    def __call__(self, h: torch.Tensor, continuation: list[int]) -> list[int]:
+    def __call__(self, h: torch.Tensor, continuation: list[int]) -> list[int] | TreeDraft:
         z = h[None].to(self.device)  # [1, H]
+        if self.width > 1:
+            return self._tree(z, continuation[-1])
         prefix = torch.tensor([continuation[-1:]], dtype=torch.long, device=self.device)  # [1, 1] the known token b
         with self.precision.autocast():
             ids, trajectory = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix,
@@ -245,6 +341,20 @@ class HeadDrafter:
             sure = (trajectory.token_logp[0, 1:].exp() >= self.min_prob).tolist()
             drafts = drafts[: sure.index(False) if False in sure else len(drafts)]
         return drafts
+
+    def _tree(self, z: torch.Tensor, known: int) -> TreeDraft:
+        x = torch.full((1, self.L), self.model.mask_id, dtype=torch.long, device=self.device)  # [1, L]
+        x[0, 0] = known
+        with self.precision.autocast():
+            logits = first_pass_logits(self.model, z, x, self.L - 1)  # [L - 1, V]
+        probs, ids = logits.float().softmax(-1).topk(self.width, dim=-1)  # [L - 1, width] each
+        tokens, parents, chain = [], [], -1
+        for depth in range(self.L - 1):
+            tokens += ids[depth].tolist()
+            parents += [chain] * self.width
+            chain = len(tokens) - self.width  # this depth's best token carries the chain on
+        tree = TreeDraft(tokens, parents)
+        return tree.keep((probs.flatten() >= self.min_prob).tolist()) if self.min_prob > 0 else tree
 
 
 def draft_vocabulary(labels: Iterable[Sequence[int]], size: int, exclude: Sequence[int] = ()) -> torch.Tensor:

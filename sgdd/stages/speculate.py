@@ -68,9 +68,12 @@ class SpeculateConfig:
     device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
     precision: str = doc("fp32", "Compute precision of both loops: fp32, bf16, fp16 (auto: bf16 on CPU).")
     seed: int = doc(0, "Seed of the drafter's generator (random samplers).")
-    draft_min_prob: float = doc(0.0, "End each draft before its first token whose probability under the head is "
-                                "below P (0 = always draft the whole block). Fewer drafted tokens make the "
-                                "verification cheaper; the output is the base model's greedy output either way.")
+    draft_min_prob: float = doc(0.0, "Leave out every draft token whose probability under the head is below P, and "
+                                "the tokens after it (0 = always draft the whole block). Fewer drafted tokens make "
+                                "the verification cheaper; the output is the base model's greedy output either way.")
+    draft_width: int = doc(1, "Candidates per drafted position: above 1, the head's best draft plus, beside each of "
+                           "its tokens, the next K-1 candidates of that position, all verified in one forward as a "
+                           "tree (each token sees only its ancestors). Needs --draft-passes 1.")
     draft_vocab: int | None = doc(8192, "Draft only the N tokens most frequent among the run's training labels (the "
                                   "base model's next tokens in its cache's training split); null = the whole "
                                   "vocabulary. The output is the base model's greedy output either way. A draft "
@@ -194,8 +197,8 @@ def write_markdown(report: dict, out: Path, picture: Path | None) -> None:
         f"block {report['block_length']} (drafts {report['block_length'] - 1} tokens a pass), "
         f"{report['draft_passes']} draft pass(es), sampler {report['sampling']['sampler']}, drafts from "
         + (f"the {report['draft_vocab']} most frequent training labels" if report.get("draft_vocab") else "the whole vocabulary")
-        + (f", each ended before its first token of probability < {report['draft_min_prob']}"
-           if report.get("draft_min_prob") else ""),
+        + (f", {report['draft_width']} candidates per position (a tree)" if report.get("draft_width", 1) > 1 else "")
+        + (f", tokens of probability < {report['draft_min_prob']} left out" if report.get("draft_min_prob") else ""),
         f"- base model `{report['model']}`" + (f" ({report['gguf_file']})" if report.get("gguf_file") else "")
         + f", hidden state layer {report['layer']} stored as {report['hidden_dtype']}",
         f"- {report['prompts']} prompts, up to {report['max_new_tokens']} new tokens each; device {report['device']}, "
@@ -227,6 +230,9 @@ def run(cfg: SpeculateConfig) -> Path:
     default_threads()
     if cfg.max_new_tokens < 1 or cfg.draft_passes < 1 or cfg.prompt_tokens < 1:
         raise SgddError("max_new_tokens, draft_passes and prompt_tokens must be at least 1")
+    if cfg.draft_width < 1 or (cfg.draft_width > 1 and cfg.draft_passes != 1):
+        raise SgddError(f"draft_width must be at least 1, and above 1 needs draft_passes 1 (got width "
+                        f"{cfg.draft_width}, {cfg.draft_passes} passes)")
     if not 0.0 <= cfg.draft_min_prob <= 1.0:
         raise SgddError(f"draft_min_prob must lie in [0, 1], got {cfg.draft_min_prob}")
     if cfg.draft_vocab is not None and cfg.draft_vocab < 1:
@@ -255,7 +261,8 @@ def run(cfg: SpeculateConfig) -> Path:
     vocab = None
     if cfg.draft_vocab is not None:
         vocab = draft_vocabulary(training_labels(run_dir, cache), cfg.draft_vocab, exclude=[head.mask_id])
-    drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed, vocab, cfg.draft_min_prob)
+    drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed, vocab, cfg.draft_min_prob,
+                          cfg.draft_width)
     prompts = [lm.tokenizer(t)["input_ids"][: cfg.prompt_tokens] for t in texts]
 
     greedy(base, prompts[0], min(8, cfg.max_new_tokens), eos)  # warm-up (first calls allocate), not timed
@@ -286,7 +293,7 @@ def run(cfg: SpeculateConfig) -> Path:
         "prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens, "block_length": block_length,
         "given": meta.get("given", 0), "consistent_labels": meta.get("consistent_labels"),
         "draft_passes": cfg.draft_passes, "draft_vocab": None if vocab is None else len(vocab),
-        "draft_min_prob": cfg.draft_min_prob, "sampling": dataclasses.asdict(sampling),
+        "draft_min_prob": cfg.draft_min_prob, "draft_width": cfg.draft_width, "sampling": dataclasses.asdict(sampling),
         "identical_to_greedy": not differences, "differences": differences[:20],
         **summary(greedy_runs, spec_runs, block_length),
     }
