@@ -227,7 +227,7 @@ tune_draft_floor() {
 }
 tune_draft_width() {  # draft trees: K candidates per position (the chain and K-1 alternatives beside it)
   local k
-  for k in 2 3 4; do
+  for k in 2 2,1,1 3,1,1 2,2,1; do
     OMP_NUM_THREADS=2 $SGDD speculate --run runs/mtp-gen "${SPEC[@]}" --prompts runs/prompts-validation-20.jsonl \
       --draft-passes 1 --draft-vocab 8192 --draft-width $k --out runs/mtp-gen/speculate-validation-width$k
   done

@@ -264,7 +264,7 @@ def test_a_tree_verification_accepts_the_right_branch_and_keeps_its_cache(lm, pr
         assert spec.drafted == [2 * (L - 1)] * passes
 
 
-@pytest.mark.parametrize("width,min_prob", [(2, 0.0), (3, 0.0), (3, 0.01)])
+@pytest.mark.parametrize("width,min_prob", [(2, 0.0), (3, 0.0), (3, 0.01), ((2, 1, 1), 0.0), ((1, 1), 0.0)])
 def test_a_random_head_drafting_trees_still_gives_the_greedy_output(lm, prompts, width, min_prob):
     head = random_head(lm, seed=11)
     drafter = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, width=width, min_prob=min_prob)
@@ -285,8 +285,17 @@ def test_the_trees_chain_is_the_heads_one_pass_draft(lm):
         assert tree.tokens[0::3] == chain(h[i], [1, 9 + i])
         assert tree.parents == [-1, -1, -1, 0, 0, 0, 3, 3, 3]
         assert len(set(tree.tokens[0:3])) == 3
+    shaped = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, width=(2, 1, 1))
+    short = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, width=(3,))
+    for i in range(4):
+        tree, best = shaped(h[i], [1, 9 + i]), chain(h[i], [1, 9 + i])
+        assert tree.parents == [-1, -1, 0, 2] and [tree.tokens[k] for k in (0, 2, 3)] == best
+        assert tree.tokens[1] == wide(h[i], [1, 9 + i]).tokens[1]  # the first alternative of position 1
+        assert short(h[i], [1, 9 + i]) == TreeDraft(wide(h[i], [1, 9 + i]).tokens[:3], [-1, -1, -1])
     with pytest.raises(ValueError, match="one draft pass"):
         HeadDrafter(head, L, Sampling(steps=2), CPU, lm.precision, width=2)
+    with pytest.raises(ValueError, match="positive widths"):
+        HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, width=(1, 1, 1, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,11 +360,16 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_run, prompt_file, tmp_pa
 
 def test_cli_drafts_trees_and_refuses_a_tree_over_several_passes(tiny_run, prompt_file, tmp_path):
     report = speculate_report(tiny_run, prompt_file, tmp_path / "spec", "--draft-width", "2")
-    assert report["identical_to_greedy"] is True and report["draft_width"] == 2
+    assert report["identical_to_greedy"] is True and report["draft_widths"] == [2] * (L - 1)
     assert report["drafted_per_pass"] == 2 * (L - 1)
-    result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), "--draft-width", "2",
-                           "--draft-passes", "2")
-    assert result.exit_code != 0 and "above 1 needs draft_passes 1" in result.output
+    report = speculate_report(tiny_run, prompt_file, tmp_path / "spec2", "--draft-width", "3,1")
+    assert report["identical_to_greedy"] is True and report["draft_widths"] == [3, 1]
+    assert report["drafted_per_pass"] == 4 and "a tree of [3, 1]" in (tmp_path / "spec2/report.md").read_text()
+    for bad, message in ((["--draft-width", "2", "--draft-passes", "2"], "which needs --draft-passes 1"),
+                         (["--draft-width", "1,1,1,1"], "with 1 to 3 positive integers"),
+                         (["--draft-width", "2,0"], "--draft-width '2,0'")):
+        result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), *bad)
+        assert result.exit_code != 0 and message in result.output, result.output
 
 
 def test_cli_with_a_probability_floor_of_one_drafts_nothing(tiny_run, prompt_file, tmp_path):

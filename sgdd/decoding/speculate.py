@@ -309,28 +309,34 @@ class HeadDrafter:
     ``vocab``: the token ids [N] the drafts may use (default all; see :func:`draft_vocabulary`).
     ``min_prob``: a draft token whose probability under the head (when it was committed) is below
     this is not sent, nor is anything after it; a verification over fewer tokens costs less (0:
-    always the whole block). ``width`` > 1: a :class:`TreeDraft` from one pass of the head, its
-    best token at every position as a chain and the next ``width - 1`` candidates at each position
-    as leaves beside the chain's token ((L - 1) * width tokens, verified in one forward)."""
+    always the whole block). ``width``: candidates per drafted position, one number for all L - 1
+    or one per position (the positions after the last are not drafted). Other than all ones, the
+    draft is a :class:`TreeDraft` from one pass of the head: its best token at each position as a
+    chain, and beside the chain's token the position's next ``width - 1`` candidates as leaves
+    (all verified in one forward)."""
 
     def __init__(self, model, block_length: int, sampling: Sampling, device: torch.device, precision: Precision,
-                 seed: int = 0, vocab: torch.Tensor | None = None, min_prob: float = 0.0, width: int = 1):
+                 seed: int = 0, vocab: torch.Tensor | None = None, min_prob: float = 0.0,
+                 width: int | Sequence[int] = 1):
         if not 0.0 <= min_prob <= 1.0:
             raise ValueError(f"min_prob must lie in [0, 1], got {min_prob}")
-        if width < 1 or (width > 1 and sampling.steps != 1):
-            raise ValueError(f"a draft width must be at least 1, and above 1 needs one draft pass (got width {width}, "
-                             f"{sampling.steps} passes)")
+        widths = (width,) * (block_length - 1) if isinstance(width, int) else tuple(width)
+        if not widths or len(widths) > block_length - 1 or min(widths) < 1:
+            raise ValueError(f"draft widths {list(widths)}: give 1 to {block_length - 1} positive widths")
+        tree = widths != (1,) * (block_length - 1)
+        if tree and sampling.steps != 1:
+            raise ValueError(f"a draft tree {list(widths)} needs one draft pass, not {sampling.steps}")
         model = model.to(device).eval()
         if device.type == "cpu":
             fewrows.use_few_rows(model)
         vocab = None if vocab is None else vocab.to(device)
         self.model, self.L, self.device, self.precision = _DraftView(model, vocab), block_length, device, precision
-        self.sampling, self.min_prob, self.width = sampling.check(), min_prob, width
+        self.sampling, self.min_prob, self.widths = sampling.check(), min_prob, widths if tree else None
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, h: torch.Tensor, continuation: list[int]) -> list[int] | TreeDraft:
         z = h[None].to(self.device)  # [1, H]
-        if self.width > 1:
+        if self.widths is not None:
             return self._tree(z, continuation[-1])
         prefix = torch.tensor([continuation[-1:]], dtype=torch.long, device=self.device)  # [1, 1] the known token b
         with self.precision.autocast():
@@ -347,14 +353,14 @@ class HeadDrafter:
         x[0, 0] = known
         with self.precision.autocast():
             logits = first_pass_logits(self.model, z, x, self.L - 1)  # [L - 1, V]
-        probs, ids = logits.float().softmax(-1).topk(self.width, dim=-1)  # [L - 1, width] each
-        tokens, parents, chain = [], [], -1
-        for depth in range(self.L - 1):
-            tokens += ids[depth].tolist()
-            parents += [chain] * self.width
-            chain = len(tokens) - self.width  # this depth's best token carries the chain on
-        tree = TreeDraft(tokens, parents)
-        return tree.keep((probs.flatten() >= self.min_prob).tolist()) if self.min_prob > 0 else tree
+        probs, ids = logits.float().softmax(-1).topk(max(self.widths), dim=-1)  # [L - 1, max width] each
+        tokens, parents, sure, chain = [], [], [], -1
+        for depth, width in enumerate(self.widths):
+            tokens += ids[depth, :width].tolist()
+            sure += (probs[depth, :width] >= self.min_prob).tolist()
+            parents += [chain] * width
+            chain = len(tokens) - width  # this depth's best token carries the chain on
+        return TreeDraft(tokens, parents).keep(sure)
 
 
 def draft_vocabulary(labels: Iterable[Sequence[int]], size: int, exclude: Sequence[int] = ()) -> torch.Tensor:

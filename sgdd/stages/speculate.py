@@ -71,9 +71,11 @@ class SpeculateConfig:
     draft_min_prob: float = doc(0.0, "Leave out every draft token whose probability under the head is below P, and "
                                 "the tokens after it (0 = always draft the whole block). Fewer drafted tokens make "
                                 "the verification cheaper; the output is the base model's greedy output either way.")
-    draft_width: int = doc(1, "Candidates per drafted position: above 1, the head's best draft plus, beside each of "
-                           "its tokens, the next K-1 candidates of that position, all verified in one forward as a "
-                           "tree (each token sees only its ancestors). Needs --draft-passes 1.")
+    draft_width: str = doc("1", "Candidates per drafted position: K for each of the L-1 positions, or K1,K2,... for "
+                           "the first ones (positions after the last are not drafted). Beside each token of the "
+                           "head's best draft, the next K-1 candidates of its position are verified in the same "
+                           "forward, as a tree (each token sees only its ancestors). E.g. 2,1,1. Other than all "
+                           "ones, needs --draft-passes 1.")
     draft_vocab: int | None = doc(8192, "Draft only the N tokens most frequent among the run's training labels (the "
                                   "base model's next tokens in its cache's training split); null = the whole "
                                   "vocabulary. The output is the base model's greedy output either way. A draft "
@@ -145,6 +147,16 @@ def training_labels(run_dir: Path, cache: Cache) -> list[list[int]]:
     return cache.split(split, verify=False).column("output_ids")
 
 
+def draft_widths(spec: str, positions: int) -> tuple[int, ...]:
+    """'2' -> (2,) * positions; '2,1,1' -> (2, 1, 1) (at most ``positions`` widths, each >= 1)."""
+    parts = str(spec).split(",")
+    if not all(p.strip().isdigit() and int(p) >= 1 for p in parts) or len(parts) > positions:
+        raise SgddError(f"--draft-width {spec!r}: give K or K1,K2,... with 1 to {positions} positive integers "
+                        f"(this head drafts {positions} positions)")
+    widths = tuple(int(p) for p in parts)
+    return widths * positions if len(widths) == 1 else widths
+
+
 def first_difference(a: list[int], b: list[int]) -> int | None:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
@@ -197,7 +209,8 @@ def write_markdown(report: dict, out: Path, picture: Path | None) -> None:
         f"block {report['block_length']} (drafts {report['block_length'] - 1} tokens a pass), "
         f"{report['draft_passes']} draft pass(es), sampler {report['sampling']['sampler']}, drafts from "
         + (f"the {report['draft_vocab']} most frequent training labels" if report.get("draft_vocab") else "the whole vocabulary")
-        + (f", {report['draft_width']} candidates per position (a tree)" if report.get("draft_width", 1) > 1 else "")
+        + (f", a tree of {report['draft_widths']} candidates per position"
+           if report.get("draft_widths", [1] * (report["block_length"] - 1)) != [1] * (report["block_length"] - 1) else "")
         + (f", tokens of probability < {report['draft_min_prob']} left out" if report.get("draft_min_prob") else ""),
         f"- base model `{report['model']}`" + (f" ({report['gguf_file']})" if report.get("gguf_file") else "")
         + f", hidden state layer {report['layer']} stored as {report['hidden_dtype']}",
@@ -230,9 +243,6 @@ def run(cfg: SpeculateConfig) -> Path:
     default_threads()
     if cfg.max_new_tokens < 1 or cfg.draft_passes < 1 or cfg.prompt_tokens < 1:
         raise SgddError("max_new_tokens, draft_passes and prompt_tokens must be at least 1")
-    if cfg.draft_width < 1 or (cfg.draft_width > 1 and cfg.draft_passes != 1):
-        raise SgddError(f"draft_width must be at least 1, and above 1 needs draft_passes 1 (got width "
-                        f"{cfg.draft_width}, {cfg.draft_passes} passes)")
     if not 0.0 <= cfg.draft_min_prob <= 1.0:
         raise SgddError(f"draft_min_prob must lie in [0, 1], got {cfg.draft_min_prob}")
     if cfg.draft_vocab is not None and cfg.draft_vocab < 1:
@@ -261,8 +271,12 @@ def run(cfg: SpeculateConfig) -> Path:
     vocab = None
     if cfg.draft_vocab is not None:
         vocab = draft_vocabulary(training_labels(run_dir, cache), cfg.draft_vocab, exclude=[head.mask_id])
+    widths = draft_widths(cfg.draft_width, block_length - 1)
+    if widths != (1,) * (block_length - 1) and cfg.draft_passes != 1:
+        raise SgddError(f"--draft-width {cfg.draft_width} drafts a tree, which needs --draft-passes 1 "
+                        f"(got {cfg.draft_passes})")
     drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed, vocab, cfg.draft_min_prob,
-                          cfg.draft_width)
+                          widths)
     prompts = [lm.tokenizer(t)["input_ids"][: cfg.prompt_tokens] for t in texts]
 
     greedy(base, prompts[0], min(8, cfg.max_new_tokens), eos)  # warm-up (first calls allocate), not timed
@@ -293,7 +307,7 @@ def run(cfg: SpeculateConfig) -> Path:
         "prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens, "block_length": block_length,
         "given": meta.get("given", 0), "consistent_labels": meta.get("consistent_labels"),
         "draft_passes": cfg.draft_passes, "draft_vocab": None if vocab is None else len(vocab),
-        "draft_min_prob": cfg.draft_min_prob, "draft_width": cfg.draft_width, "sampling": dataclasses.asdict(sampling),
+        "draft_min_prob": cfg.draft_min_prob, "draft_widths": list(widths), "sampling": dataclasses.asdict(sampling),
         "identical_to_greedy": not differences, "differences": differences[:20],
         **summary(greedy_runs, spec_runs, block_length),
     }
