@@ -113,9 +113,9 @@ class BaseLM:
     transformer, LM ``head``, ``device``, ``precision``). ``layer``: the hidden state the MTP
     head was trained on (-1 = the LM head's input, as the cache stored it); ``stored_dtype``:
     the cache's dtype of it, so the head sees h rounded as in training. On CPU the model's linear
-    layers compute their few rows (1 in greedy, L in a verification) as W @ x^T
-    (:mod:`sgdd.models.fewrows`; ``few_rows=False`` leaves the model as it is); both loops then
-    use the same form."""
+    layers compute a verification's few rows as W @ x^T and a greedy step's one row as
+    ``F.linear`` (:mod:`sgdd.models.fewrows`, the faster form of each; ``few_rows=False`` leaves
+    the model as it is); both loops use the same layers."""
 
     def __init__(self, lm, layer: int = -1, stored_dtype: torch.dtype = torch.float32, few_rows: bool = True):
         self.lm, self.layer, self.stored_dtype = lm, layer, stored_dtype

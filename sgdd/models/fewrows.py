@@ -6,7 +6,9 @@ takes about twice as long as for one row, although both read the same weights on
 W @ x^T, the weight is the large left operand and the cost stays nearer the one-row cost: on an
 AMD EPYC (AVX2, fp32, one thread), a 4-token forward of SmolLM2-135M took 135 and 133 ms in this
 form against 158 and 146 ms with ``F.linear``, in two runs (BENCHMARKS.md section 5; ``python -m
-bench --only fewrows`` measures it on the machine at hand). Above ``FEW_ROWS`` rows, and off the CPU, ``F.linear`` is kept. Users:
+bench --only fewrows`` measures it on the machine at hand). Above ``FEW_ROWS`` rows, at one row,
+and off the CPU, ``F.linear`` is kept: at one row (a greedy step) the weight-major form measured
+0.89x and 1.19x its speed on one thread, 0.83x on two (BENCHMARKS.md section 5). Users:
 the base model of ``sgdd speculate`` (converted with :func:`use_few_rows`), the MTP head that
 drafts for it, and every decoder's vocabulary projection (``project_logits``).
 
@@ -20,13 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FEW_ROWS = 8  # at most this many rows: W @ x^T (it still won at 8 rows; at 16-64 the two forms are close)
+FEW_ROWS = 8  # 2 to this many rows: W @ x^T (it still won at 8 rows; at 16-64 the two forms are close)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` [..., N], as W @ x^T where x has few rows on CPU."""
     rows = x.numel() // x.shape[-1]
-    if x.device.type != "cpu" or rows > FEW_ROWS or rows == 0:
+    if x.device.type != "cpu" or not 2 <= rows <= FEW_ROWS:
         return F.linear(x, weight, bias)
     y = torch.mm(weight, x.reshape(rows, -1).t()).t().contiguous()  # [rows, N]
     if bias is not None:

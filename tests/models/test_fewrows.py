@@ -22,7 +22,7 @@ def test_linear_equals_f_linear(rows, bias, lead):
 
 
 def test_only_few_rows_take_the_weight_major_form(monkeypatch):
-    """At most FEW_ROWS rows never reach F.linear; more rows always do."""
+    """2 to FEW_ROWS rows never reach F.linear; one row and more rows always do."""
     calls = []
     monkeypatch.setattr(fewrows.F, "linear", lambda *a: calls.append(a[0].shape) or torch.zeros(a[0].shape[0], 3))
     w = torch.randn(3, 5)
@@ -30,7 +30,8 @@ def test_only_few_rows_take_the_weight_major_form(monkeypatch):
     fewrows.linear(torch.randn(1, 2, 5), w)
     assert calls == []
     fewrows.linear(torch.randn(fewrows.FEW_ROWS + 1, 5), w)
-    assert calls == [(fewrows.FEW_ROWS + 1, 5)]
+    fewrows.linear(torch.randn(1, 5), w)
+    assert calls == [(fewrows.FEW_ROWS + 1, 5), (1, 5)]
 
 
 def test_use_few_rows_converts_plain_linears_in_place_and_keeps_the_weights():
