@@ -259,6 +259,10 @@ def run(cfg: SpeculateConfig) -> Path:
     block_length = int(meta.get("block_length") or head.cfg.max_len)
     if block_length < 2:
         raise SgddError(f"{run_dir} has blocks of {block_length} token: nothing to draft after the base model's own")
+    widths = draft_widths(cfg.draft_width, block_length - 1)
+    if widths != (1,) * (block_length - 1) and cfg.draft_passes != 1:
+        raise SgddError(f"--draft-width {cfg.draft_width} drafts a tree, which needs --draft-passes 1 "
+                        f"(got {cfg.draft_passes})")
     cache = open_cache(meta["cache"])
     lm, settings = load_base(cache, cfg, device, precision)
     info = cache.encoder_info
@@ -271,10 +275,6 @@ def run(cfg: SpeculateConfig) -> Path:
     vocab = None
     if cfg.draft_vocab is not None:
         vocab = draft_vocabulary(training_labels(run_dir, cache), cfg.draft_vocab, exclude=[head.mask_id])
-    widths = draft_widths(cfg.draft_width, block_length - 1)
-    if widths != (1,) * (block_length - 1) and cfg.draft_passes != 1:
-        raise SgddError(f"--draft-width {cfg.draft_width} drafts a tree, which needs --draft-passes 1 "
-                        f"(got {cfg.draft_passes})")
     drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed, vocab, cfg.draft_min_prob,
                           widths)
     prompts = [lm.tokenizer(t)["input_ids"][: cfg.prompt_tokens] for t in texts]
