@@ -116,6 +116,30 @@ quickstart_batch() {  # the quickstart's batch size: 12 minutes each, two runs s
     --set optim.body_lr=3e-4 &
   wait
 }
+recon_fast() {  # cheaper steps for the quickstart's 12-minute budget: the quickstart's training settings on
+  # cache/recon32, 12 minutes each, two runs side by side on one thread each, validation on 512 sentences at
+  # the end, then BLEU on 200 validation sentences (RESULTS.md section 0)
+  local base=(--config configs/recon-cpu.yaml --set optim.max_minutes=12 --set optim.batch_size=32
+              --set model.vocab=corpus --set optim.warmup_steps=50 --set eval_every=0 --set save_every=100000
+              --set eval_batches=16)
+  OMP_NUM_THREADS=1 train runs/fast-base "${base[@]}" &
+  OMP_NUM_THREADS=1 train runs/fast-frozen "${base[@]}" --set optim.freeze_embeddings=true &
+  wait
+  OMP_NUM_THREADS=1 train runs/fast-frozen-lv "${base[@]}" --set optim.freeze_embeddings=true \
+    --set diffusion.loss_vocab=2048 &
+  OMP_NUM_THREADS=1 train runs/fast-frozen-lv-adaln "${base[@]}" --set optim.freeze_embeddings=true \
+    --set diffusion.loss_vocab=2048 --set model.conditioning=adaln &
+  wait
+}
+eval_recon_fast() {
+  local run
+  for run in runs/fast-base runs/fast-frozen runs/fast-frozen-lv runs/fast-frozen-lv-adaln; do
+    OMP_NUM_THREADS=1 $SGDD eval --run $run --split validation --max-samples 200 --steps 16 --repetition-penalty 2 \
+      --metric token_accuracy --metric bleu --out $run/eval-validation &
+    [ "$run" = runs/fast-frozen ] && wait
+  done
+  wait
+}
 recon_cpu_b32() {  # the recipe at batch 32, its 120-minute schedule, stopped after 41 minutes (two threads)
   OMP_NUM_THREADS=2 timeout 2460 $SGDD train --config configs/recon-cpu.yaml --out runs/recon-cpu-b32 \
     --set optim.batch_size=32 --set eval_batches=16 --set eval_every=500 --set save_every=200 || true
@@ -147,6 +171,19 @@ eval_recon_cpu() {  # test sentences of <= 32 tokens: one decode of 16 steps (60
     --out $run/eval-test-oracle-length
   # fewer tokens committed per step: does repetition fall with more steps?
   $SGDD eval --run $run --split test --max-samples 300 --sweep steps=16,32,64 --out $run/eval-test-steps
+}
+tune_recon_search() {  # test-time search with the encoder as judge, chosen on 100 validation sentences (two
+  # decodes side by side on one thread each): lengths, whole candidates, refinement rounds
+  local run=${RUN:-runs/recon-cpu} v=(--split validation --max-samples 100 --steps 16 --repetition-penalty 2
+                                      --metric token_accuracy --metric bleu --metric encoder_cosine)
+  OMP_NUM_THREADS=1 $SGDD eval --run $run "${v[@]}" --out $run/search-validation-one &
+  OMP_NUM_THREADS=1 $SGDD eval --run $run "${v[@]}" --length beam:4 --out $run/search-validation-beam4 &
+  wait
+  OMP_NUM_THREADS=1 $SGDD eval --run $run "${v[@]}" --candidates 4 --temperature 0.7 \
+    --out $run/search-validation-cand4 &
+  OMP_NUM_THREADS=1 $SGDD eval --run $run "${v[@]}" --refine encoder --refine-steps 4 --refine-candidates 4 \
+    --out $run/search-validation-refine4x4 &
+  wait
 }
 eval_recon_cpu_ablations() {
   for run in runs/abl12-recipe runs/abl12-scratch-adaln runs/abl12-pads runs/abl12-iid runs/abl12-body-adaln; do

@@ -254,6 +254,11 @@ class DiffusionConfig:
     time_eps: float = doc(1e-3, "t is drawn from U(time_eps, 1).")
     stratified: bool = doc(False, "Low-discrepancy times (MDLM): the n times of an optimizer step are "
                            "(u + i/n) mod 1 for one uniform u, spread evenly over (time_eps, 1) instead of i.i.d.")
+    loss_vocab: int = doc(0, "Training softmax over a sample of the output vocabulary: the step's target tokens, the "
+                          "N most frequent training tokens and N others drawn at random, each of those standing for "
+                          "its share of the rest (an importance-sampled normaliser; Jean et al. 2015 train over the "
+                          "batch's target words). The vocabulary projection then costs a fraction of the full one. "
+                          "0 = the full output vocabulary. Validation always scores the full one. Sentence view only.")
 
     def problems(self) -> list[str]:
         """Every problem of this config, one short sentence each."""
@@ -272,4 +277,8 @@ class DiffusionConfig:
             p.append(f"diffusion.cart_p must be in (0, 1], got {self.cart_p}")
         if not 0 < self.time_eps < 1:
             p.append(f"diffusion.time_eps must be in (0, 1), got {self.time_eps}")
+        if self.loss_vocab < 0:
+            p.append(f"diffusion.loss_vocab must be >= 0, got {self.loss_vocab}")
+        elif self.loss_vocab and self.loss_weight == "path":
+            p.append("diffusion.loss_vocab needs a loss weight known before the loss (not path)")
         return p

@@ -5,7 +5,8 @@
 for each chunk of rows the logits [c, V] are formed, turned into (softmax - one-hot) * w in
 place, and multiplied back into the gradients of x, W and b. No [M, V] tensor exists at once, in
 the forward or for the backward, and no softmax is kept for it; the matrix products are the
-three an autograd graph would run. The backward only scales the stored gradients by the
+three an autograd graph would run (two when the
+output matrix is frozen: no gradient for W). The backward only scales the stored gradients by the
 incoming one.
 
 The mask token's logit is -inf, as in ``project_logits``: it is never predicted and gets no
@@ -29,7 +30,8 @@ CHUNK_ROWS = 512  # rows of logits at once ([512, 49k] fp32: 96 MiB); each chunk
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, target, token_weight, mask_id: int, chunk: int, real: int, grads: bool):
+    def forward(ctx, x, weight, bias, target, token_weight, mask_id: int, chunk: int, real: int, grads: bool,
+                grad_weight: bool):
         M = x.shape[0]
         ce = torch.empty(M, dtype=torch.float32, device=x.device)
         correct = torch.zeros((), dtype=torch.long, device=x.device)
@@ -40,6 +42,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         fp16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16
         if M == 0:
             grad_w, grad_b = torch.zeros(weight.shape, device=x.device), torch.zeros(bias.shape, device=x.device)
+        if not grad_weight:  # a frozen output matrix (optim.freeze_embeddings): one product fewer per chunk
+            grad_w = torch.zeros((), device=x.device)
         for lo in range(0, M, chunk):
             hi = min(lo + chunk, M)
             xc, yc, r = x[lo:hi], target[lo:hi], rows[: hi - lo]
@@ -57,13 +61,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             with torch.autocast(device, enabled=False) if fp16 else contextlib.nullcontext():
                 xg, wg = (xc.float(), weight.float()) if fp16 else (xc, weight)
                 grad_x[lo:hi] = g @ wg
-                if grad_w is None:
-                    grad_w, grad_b = (g.t() @ xg).float(), g.sum(0)
+                if grad_b is None:
+                    grad_b = g.sum(0)
+                    if grad_w is None:
+                        grad_w = (g.t() @ xg).float()
                 else:
-                    grad_w += g.t() @ xg
                     grad_b += g.sum(0)
+                    if grad_weight:
+                        grad_w += g.t() @ xg
         ctx.save_for_backward(grad_x, grad_w, grad_b)
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
+        ctx.grad_weight = grad_weight
         loss = (ce * token_weight.float()).sum()
         ctx.mark_non_differentiable(ce, correct)
         return loss, ce, correct
@@ -72,8 +80,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss, _grad_ce, _grad_correct):
         grad_x, grad_w, grad_b = ctx.saved_tensors
         dx, dw, db = ctx.dtypes
-        return ((grad_x * grad_loss).to(dx), (grad_w * grad_loss).to(dw), (grad_b * grad_loss).to(db),
-                None, None, None, None, None, None)
+        dweight = (grad_w * grad_loss).to(dw) if ctx.grad_weight else None
+        return ((grad_x * grad_loss).to(dx), dweight, (grad_b * grad_loss).to(db),
+                None, None, None, None, None, None, None)
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, target: torch.Tensor,
@@ -87,8 +96,9 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     pad = -M % ROW_BUCKET
     if pad:
         x = F.pad(x, (0, 0, 0, pad))
-        target, token_weight = F.pad(target, (0, pad)), F.pad(token_weight, (0, pad))
+        # padded rows: weight 0, and a target that is not the mask (whose -inf logit would give 0 * inf)
+        target, token_weight = F.pad(target, (0, pad), value=int(mask_id == 0)), F.pad(token_weight, (0, pad))
     grads = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad)
     loss, ce, correct = _LinearCrossEntropy.apply(x, weight, bias, target, token_weight.detach(), mask_id, chunk, M,
-                                                  grads)
+                                                  grads, weight.requires_grad)
     return loss, ce[:M], correct

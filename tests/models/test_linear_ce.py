@@ -45,6 +45,22 @@ def test_loss_and_gradients_match_the_plain_path(M, chunk):
     assert grads[1][5][MASK] == 0  # the mask token is never predicted, and never pushed
 
 
+@pytest.mark.parametrize("M,chunk", [(200, 512), (300, 64), (0, 512)])
+def test_a_frozen_output_matrix_gets_no_gradient_and_the_rest_are_unchanged(M, chunk):
+    V, E = 40, 12
+    g = torch.Generator().manual_seed(M + 1)
+    target = torch.randint(6, V, (M,), generator=g)
+    w = torch.rand(M, generator=g) * 3
+    x, weight, bias = leaves((M, E), (V, E), (V,))
+    reference(x, weight, bias, target, w)[0].backward()
+    fx, fweight, fbias = leaves((M, E), (V, E), (V,))
+    fweight.requires_grad_(False)
+    linear_cross_entropy(fx, fweight, fbias, target, w, mask_id=MASK, chunk=chunk)[0].backward()
+    assert fweight.grad is None
+    assert torch.allclose(fx.grad, x.grad, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(fbias.grad, bias.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_without_grad_it_computes_the_loss_alone():
     V, E, M = 40, 12, 70
     target = torch.randint(6, V, (M,), generator=torch.Generator().manual_seed(3))

@@ -32,6 +32,11 @@ TINY = {
 }
 
 
+# the reconstruction recipe on a tiny body cache (conftest's body_cache), with the corpus vocabulary
+BODY_RECIPE = {"model.init_body": "encoder", "model.conditioning": "prefix", "model.d_model": None,
+               "model.n_layers": 2, "model.length_head": True, "batching": "by_length", "model.vocab": "corpus"}
+
+
 def tiny_cfg(cache, out, **overrides) -> TrainConfig:
     """A decoder of a few thousand parameters that trains in milliseconds per step, in fp32 on CPU."""
     cfg = TrainConfig(shards=str(cache), out=str(out))

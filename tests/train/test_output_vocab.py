@@ -17,9 +17,9 @@ from sgdd.stages.train import fit
 from sgdd.stages.train.data import load_data
 from sgdd.stages.train.loss import draw_noise, masked_diffusion_loss
 from sgdd.stages.train.model import build_model, corpus_vocabulary
-from tests.helpers import build_body_cache, build_cache
+from tests.helpers import build_cache
 from tests.helpers_views import build_windows_cache
-from tests.train.helpers import tiny_cfg
+from tests.train.helpers import BODY_RECIPE, tiny_cfg
 
 V, MASK = 50, 3
 VOCAB = torch.tensor([0, 1, 2, MASK, 7, 8, 11, 20, 21, 30, 44, 49])  # sorted, the mask among them
@@ -87,17 +87,8 @@ def test_a_token_outside_the_vocabulary_is_a_one_line_error():
         validate(DecoderConfig(vocab="words"))
 
 
-@pytest.fixture(scope="module")
-def body_cache(tmp_path_factory):
-    return build_body_cache(tmp_path_factory.mktemp("body") / "cache")
-
-
-RECIPE = {"model.init_body": "encoder", "model.conditioning": "prefix", "model.d_model": None, "model.n_layers": 2,
-          "model.length_head": True, "batching": "by_length", "model.vocab": "corpus"}
-
-
 def test_corpus_vocab_trains_saves_reloads_and_writes_only_its_tokens(body_cache, tmp_path):
-    cfg = tiny_cfg(body_cache, tmp_path / "run", **RECIPE | {"optim.max_steps": 6, "eval_every": 3, "ema_decay": 0.9})
+    cfg = tiny_cfg(body_cache, tmp_path / "run", **BODY_RECIPE | {"optim.max_steps": 6, "eval_every": 3, "ema_decay": 0.9})
     data = load_data(cfg)
     vocab = corpus_vocabulary(data)
     specials = [data.special_ids[k] for k in SPECIAL_KEYS]

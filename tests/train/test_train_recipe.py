@@ -18,17 +18,12 @@ from sgdd.stages.train.data import load_data
 from sgdd.stages.train.model import build_model
 from sgdd.stages.train.optim import Clock, lr_factor, param_groups
 from sgdd.stages.train.samplers import LengthSampler
-from tests.helpers import build_body_cache, build_cache
+from tests.helpers import build_cache
 from tests.train.helpers import tiny_cfg
 
 BODY = {"model.init_body": "encoder", "model.conditioning": "prefix", "model.d_model": None, "model.n_layers": 2}
 RECIPE = BODY | {"model.length_head": True, "batching": "by_length", "diffusion.stratified": True,
                  "optim.body_lr": 1e-4}
-
-
-@pytest.fixture(scope="module")
-def body_cache(tmp_path_factory):
-    return build_body_cache(tmp_path_factory.mktemp("body") / "cache")
 
 
 def test_body_starts_from_the_encoders_weights(body_cache, tmp_path):

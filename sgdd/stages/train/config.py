@@ -29,6 +29,9 @@ class OptimConfig:
     grad_clip: float = doc(1.0, "Clip the global gradient norm once per optimizer step (0 = off).")
     body_lr: float | None = doc(None, "Peak learning rate of the pretrained body (model.init_body: encoder) and "
                                 "its embeddings; null = lr. The new weights (prefix MLP, heads) use lr.")
+    freeze_embeddings: bool = doc(False, "Keep the token embeddings (and the output matrix tied to them) at their "
+                                  "pretrained values: each step skips the vocabulary-sized weight gradient, one of "
+                                  "the output layer's three matrix products, and its optimizer update.")
     max_minutes: float | None = doc(None, "Wall-time budget of the run in minutes (resumed runs count their earlier "
                                     "time): training stops when it is spent, and the cosine LR decay runs over the "
                                     "budget instead of max_steps (which still caps the steps).")

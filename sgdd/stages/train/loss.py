@@ -5,11 +5,13 @@ the length head's cross-entropy beside it."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from sgdd.errors import SgddError
 from sgdd.models.decoder import Decoder
 from sgdd.models.diffusion import (DEFAULT_CART_P, IGNORE_INDEX, DiffusionConfig, TokenLossInputs, apply_mask,
                                    get_schedule, sample_noise, token_factors, weighted_token_loss)
@@ -39,6 +41,52 @@ def draw_noise(n: int, length: int, dcfg: DiffusionConfig, cond_drop: float,
     return StepNoise(t, u, drop)
 
 
+class LossVocab:
+    """``diffusion.loss_vocab`` N: which columns of the output projection a training micro-batch's
+    softmax covers: its target tokens, the N most frequent training tokens, the mask token (always
+    -inf) and N others drawn uniformly from the rest. A drawn column's logit gets log(rest / N), so
+    that its exponential stands for the N-th share of the rest it was drawn from: the normaliser is
+    an importance-sampled estimate of the full one. Columns are indices among the output logits
+    (``model.out_index``). The draw is seeded by the step and micro-batch, so a resumed run draws
+    the same columns."""
+
+    def __init__(self, counts: torch.Tensor, n: int, mask_index: int, seed: int):
+        self.size, self.n, self.mask_index, self.seed = counts.numel(), n, mask_index, seed
+        self.frequent = counts.argsort(descending=True, stable=True)[:n]  # [<= n]
+
+    def columns(self, target: torch.Tensor, draw: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Targets [M] (output indices) -> (columns [C], their logit offsets [C], the position of every
+        output index among the columns [V'], -1 outside), on the targets' device."""
+        keep = torch.zeros(self.size, dtype=torch.bool)
+        keep[self.frequent] = True
+        keep[target.cpu()] = True
+        keep[self.mask_index] = True
+        rest = (~keep).nonzero().squeeze(1)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + draw)
+        drawn = rest[torch.randperm(rest.numel(), generator=generator)[: self.n]]
+        cols = torch.cat([keep.nonzero().squeeze(1), drawn])
+        offset = torch.zeros(cols.numel())
+        if drawn.numel():
+            offset[-drawn.numel():] = math.log(rest.numel() / drawn.numel())
+        where = torch.full((self.size,), -1, dtype=torch.long)
+        where[cols] = torch.arange(cols.numel())
+        device = target.device
+        return cols.to(device), offset.to(device), where.to(device)
+
+
+def build_loss_vocab(dcfg: DiffusionConfig, data, model: Decoder, seed: int) -> LossVocab | None:
+    """The sampled training softmax of ``diffusion.loss_vocab`` (None when 0), with token
+    frequencies counted over the training split's real tokens."""
+    if not dcfg.loss_vocab:
+        return None
+    if data.view != "sentence":
+        raise SgddError(f"diffusion.loss_vocab needs the sentence view (here: the {data.view} view); set it to 0")
+    view = data.train
+    real = torch.arange(view.ids.shape[1]) < view.lengths[:, None]  # [N, max_len]
+    counts = torch.bincount(model.out_index(view.ids[real]), minlength=model.out_bias.numel())
+    return LossVocab(counts, dcfg.loss_vocab, model.out_mask_id, seed)
+
+
 @dataclass
 class LossParts:
     """Sums over a micro-batch; callers divide by the number of samples they average over."""
@@ -55,7 +103,7 @@ LENGTH_LOSS_WEIGHT = 0.1  # the length head's cross-entropy, per sentence, besid
 
 def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noise: StepNoise,
                           dcfg: DiffusionConfig, given: int = 0, lengths: torch.Tensor | None = None,
-                          fused: bool = True) -> LossParts:
+                          fused: bool = True, vocab: LossVocab | None = None, draw: int = 0) -> LossParts:
     """The weighted masked-diffusion loss of clean blocks x0 [B, L] conditioned on z [B, D].
     Only masked positions with a real label (not ``IGNORE_INDEX``) are scored; the first
     ``given`` positions are always visible. With a length head, its cross-entropy against
@@ -63,7 +111,11 @@ def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noi
 
     ``fused`` (the default): for a loss weight linear in the cross-entropy (all but ``path``), the
     vocabulary projection, the cross-entropy and their gradients run in one pass over row chunks
-    (:mod:`sgdd.models.linear_ce`); otherwise the logits [M, V] are formed and autograd does the rest."""
+    (:mod:`sgdd.models.linear_ce`); otherwise the logits [M, V] are formed and autograd does the rest.
+
+    ``vocab`` (training with ``diffusion.loss_vocab``, fused only): the softmax covers the columns
+    ``vocab.columns(target, draw)`` instead of the whole output vocabulary, and ``correct`` counts
+    argmaxes among them. Without gradients (validation) the full vocabulary is always scored."""
     L = x0.shape[1]
     schedule = get_schedule(dcfg.schedule, dcfg.kappa)
     # 1. forward process: x_t [B, L]; scored [B, L] = masked and labelled (noise drawn for max_len)
@@ -78,8 +130,11 @@ def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noi
     if factors is not None:
         # 3-6. the projection and the weighted CE in one pass over row chunks (no [M, V] at once)
         head, weight, bias = model.projection  # over the output vocabulary
-        tok_sum, ce, correct = linear_cross_entropy(head(hidden[scored]), weight, bias, target, factors,
-                                                    model.out_mask_id)
+        out_mask = model.out_mask_id
+        if vocab is not None and torch.is_grad_enabled():  # a sample of the columns (diffusion.loss_vocab)
+            cols, offset, where = vocab.columns(target, draw)
+            weight, bias, target, out_mask = weight[cols], bias[cols] + offset, where[target], int(where[out_mask])
+        tok_sum, ce, correct = linear_cross_entropy(head(hidden[scored]), weight, bias, target, factors, out_mask)
         weighted = tok_sum / L
     else:
         # 3. logits only where the loss needs them: [M, V] (V': the output vocabulary)

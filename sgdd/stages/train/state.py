@@ -21,6 +21,7 @@ from sgdd.runtime import Precision, Ranks
 from sgdd.stages.train import distributed as ddp
 from sgdd.stages.train.config import TrainConfig
 from sgdd.stages.train.data import TrainData
+from sgdd.stages.train.loss import LossVocab, build_loss_vocab
 from sgdd.stages.train.optim import Clock, build_optimizer
 from sgdd.stages.train.samplers import EpochSampler, make_sampler
 
@@ -44,11 +45,14 @@ class TrainState:
     step: int = 0
     best_val: float = math.inf
     wrapped: nn.Module | None = None  # the model in DistributedDataParallel under torchrun, else None
+    loss_vocab: LossVocab | None = None  # diffusion.loss_vocab's sampled softmax (fixed: rebuilt from the data)
 
 
 def new_state(model: Decoder, cfg: TrainConfig, data: TrainData, prec: Precision, device: torch.device,
               dist: Ranks = Ranks()) -> TrainState:
     clock = Clock(None if cfg.optim.max_minutes is None else 60.0 * cfg.optim.max_minutes)
+    if cfg.optim.freeze_embeddings:  # no gradient and no optimizer state for the [V, E] matrix
+        model.tok_emb.weight.requires_grad_(False)
     optimizer, scheduler = build_optimizer(model, cfg.optim, clock)
     return TrainState(
         model=model, optimizer=optimizer, scheduler=scheduler,
@@ -58,6 +62,7 @@ def new_state(model: Decoder, cfg: TrainConfig, data: TrainData, prec: Precision
         ema=EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
         dist=dist,
         clock=clock,
+        loss_vocab=build_loss_vocab(cfg.diffusion, data, model, cfg.seed),
     )
 
 

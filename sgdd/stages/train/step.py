@@ -68,7 +68,7 @@ def train_step(state: TrainState, view, cfg: TrainConfig, prec: Precision, devic
         with sync:
             with prec.autocast():
                 parts = masked_diffusion_loss(net, x0, z, noise.select(rows, device), cfg.diffusion, cfg.given,
-                                              lengths)
+                                              lengths, vocab=state.loss_vocab, draw=state.step * ocfg.grad_accum + k)
             state.scaler.scale(parts.weighted * weight).backward()
         if weight:
             sums += torch.stack([parts.weighted.detach(), parts.ce_sum, parts.correct, parts.n_masked,
