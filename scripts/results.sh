@@ -144,6 +144,10 @@ recon_cpu_b32() {  # the recipe at batch 32, its 120-minute schedule, stopped af
   OMP_NUM_THREADS=2 timeout 2460 $SGDD train --config configs/recon-cpu.yaml --out runs/recon-cpu-b32 \
     --set optim.batch_size=32 --set eval_batches=16 --set eval_every=500 --set save_every=200 || true
 }
+recon_cpu_cheap_steps() {  # the recipe with frozen embeddings, a sampled softmax and AdaLN (configs/recon-cpu.yaml
+  # now) on its 120-minute schedule, stopped after 41 minutes (two threads): against runs/recon-cpu at equal minutes
+  OMP_NUM_THREADS=2 timeout 2460 $SGDD train --config configs/recon-cpu.yaml --out runs/recon-cpu-cheap41 || true
+}
 corpus_vocab_speed() {  # model.vocab corpus against full: seconds for steps 10-40 of the recipe at batch 32,
   # alternating, two threads, at the quickstart's 12,000 sentences and at recon-cpu's 40,000
   local rows vocab
