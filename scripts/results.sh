@@ -5,6 +5,7 @@
 # three single-thread jobs side by side (OMP_NUM_THREADS=1), under 3 hours of wall time.
 #   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
 #   bash scripts/results.sh recon-cpu-collect recon-cpu eval-recon-cpu recon-cpu-ablations eval-recon-cpu-ablations
+#   bash scripts/results.sh recon-fast eval-recon-fast recon-cpu-cheap eval-recon-cpu-cheap   (the cheaper steps)
 #   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen tune-mtp-draft eval-mtp-draft   (the MTP head as a speculative decoder)
 #   bash scripts/results.sh spec-2threads tune-draft-floor tune-draft-width; WIDTH=K bash scripts/results.sh eval-draft-width
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
@@ -40,7 +41,9 @@ recon() {
 }
 paraphrase() { train runs/paraphrase-mix --config configs/paraphrase-mix-cpu.yaml; }
 paraphrase_recon_cpu() {  # phase 2 from runs/recon-cpu (collect the pairs, 35 minutes, test against the copy floor)
-  $SGDD run configs/paraphrase-recon-cpu.yaml
+  # runs/recon-cpu has the prefix recipe (PREFIX_RECIPE below), and phase 2 must repeat its decoder settings
+  $SGDD run configs/paraphrase-recon-cpu.yaml --set train.model.conditioning=prefix --set train.model.cond_tokens=8 \
+    --set train.optim.freeze_embeddings=false --set train.diffusion.loss_vocab=0
 }
 mtp() {  # the whole block drafted; then EAGLE-style, the base model's own next token given
   train runs/mtp-smollm2-cpu --config configs/mtp-cpu.yaml --cache cache/smollm2-windows --set optim.max_steps=2000
@@ -90,13 +93,17 @@ eval_ablations() {
 }
 
 # ---- the CPU reconstruction recipe (configs/recon-cpu.yaml) and its ablations at equal wall time ----
+# The runs of RESULTS.md section 0 made before the cheaper steps used the recipe with 8 prefix tokens,
+# trained word embeddings and the full training softmax: PREFIX_RECIPE restores it.
+PREFIX_RECIPE=(--set model.conditioning=prefix --set model.cond_tokens=8 --set optim.freeze_embeddings=false
+               --set diffusion.loss_vocab=0)
 recon_cpu_collect() { $SGDD collect --config configs/recon-cpu.yaml; }
 recon_cpu() {  # the recipe; MINUTES overrides the preset's 120-minute budget
-  train runs/recon-cpu --config configs/recon-cpu.yaml --set optim.max_minutes="${MINUTES:-120}"
+  train runs/recon-cpu --config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --set optim.max_minutes="${MINUTES:-120}"
 }
 recon_cpu_ablations() {  # each ABL_MINUTES (default 12; RESULTS.md used 10) minutes, one change from the recipe each
   local m=${ABL_MINUTES:-12}
-  local base=(--config configs/recon-cpu.yaml --set optim.max_minutes="$m" --set eval_every=0)
+  local base=(--config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --set optim.max_minutes="$m" --set eval_every=0)
   train runs/abl12-recipe "${base[@]}"
   train runs/abl12-scratch-adaln "${base[@]}" --set model.init_body=none --set model.conditioning=adaln \
     --set model.n_layers=4 --set model.d_model=256 --set model.n_heads=4
@@ -106,7 +113,7 @@ recon_cpu_ablations() {  # each ABL_MINUTES (default 12; RESULTS.md used 10) min
 }
 quickstart_batch() {  # the quickstart's batch size: 12 minutes each, two runs side by side on one thread each,
   # validation on 512 sentences (eval_batches x batch_size; 256 for exp-B32, as it was run); RESULTS.md section 0
-  local base=(--config configs/recon-cpu.yaml --set optim.max_minutes=12 --set eval_every=100000
+  local base=(--config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --set optim.max_minutes=12 --set eval_every=100000
               --set save_every=100000)
   OMP_NUM_THREADS=1 train runs/exp-A "${base[@]}" --set optim.batch_size=64 --set eval_batches=8 &
   OMP_NUM_THREADS=1 train runs/exp-B32 "${base[@]}" --set optim.batch_size=32 --set eval_batches=8 &
@@ -119,7 +126,7 @@ quickstart_batch() {  # the quickstart's batch size: 12 minutes each, two runs s
 recon_fast() {  # cheaper steps for the quickstart's 12-minute budget: the quickstart's training settings on
   # cache/recon32, 12 minutes each, two runs side by side on one thread each, validation on 512 sentences at
   # the end, then BLEU on 200 validation sentences (RESULTS.md section 0)
-  local base=(--config configs/recon-cpu.yaml --set optim.max_minutes=12 --set optim.batch_size=32
+  local base=(--config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --set optim.max_minutes=12 --set optim.batch_size=32
               --set model.vocab=corpus --set optim.warmup_steps=50 --set eval_every=0 --set save_every=100000
               --set eval_batches=16)
   OMP_NUM_THREADS=1 train runs/fast-base "${base[@]}" &
@@ -141,12 +148,12 @@ eval_recon_fast() {
   wait
 }
 recon_cpu_b32() {  # the recipe at batch 32, its 120-minute schedule, stopped after 41 minutes (two threads)
-  OMP_NUM_THREADS=2 timeout 2460 $SGDD train --config configs/recon-cpu.yaml --out runs/recon-cpu-b32 \
+  OMP_NUM_THREADS=2 timeout 2460 $SGDD train --config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --out runs/recon-cpu-b32 \
     --set optim.batch_size=32 --set eval_batches=16 --set eval_every=500 --set save_every=200 || true
 }
-recon_cpu_cheap_steps() {  # the recipe with frozen embeddings, a sampled softmax and AdaLN (configs/recon-cpu.yaml
-  # now) on its 120-minute schedule, stopped after 41 minutes (two threads): against runs/recon-cpu at equal minutes
-  OMP_NUM_THREADS=2 timeout 2460 $SGDD train --config configs/recon-cpu.yaml --out runs/recon-cpu-cheap41 || true
+recon_cpu_cheap() {  # configs/recon-cpu.yaml as it is (AdaLN, frozen embeddings, the sampled softmax), its
+  # 120-minute budget on two threads (MINUTES overrides it); RESULTS.md section 0 compares it with runs/recon-cpu
+  OMP_NUM_THREADS=2 train runs/recon-cpu-cheap --config configs/recon-cpu.yaml --set optim.max_minutes="${MINUTES:-120}"
 }
 corpus_vocab_speed() {  # model.vocab corpus against full: seconds for steps 10-40 of the recipe at batch 32,
   # alternating, two threads, at the quickstart's 12,000 sentences and at recon-cpu's 40,000
@@ -154,7 +161,8 @@ corpus_vocab_speed() {  # model.vocab corpus against full: seconds for steps 10-
   for rows in 12000 40000; do
     for vocab in full corpus full corpus; do
       rm -rf runs/speed-$vocab
-      OMP_NUM_THREADS=2 $SGDD train --config configs/recon-cpu.yaml --out runs/speed-$vocab --set model.vocab=$vocab \
+      OMP_NUM_THREADS=2 $SGDD train --config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --out runs/speed-$vocab \
+        --set model.vocab=$vocab \
         --set optim.batch_size=32 --set optim.max_steps=40 --set optim.max_minutes=null --set val_split=null \
         --set eval_every=0 --set save_every=0 --set log_every=10 --set max_train_samples=$rows
       $SGDD_PY -c 'import json, sys; t = {r["step"]: r["elapsed"] for r in map(json.loads, open(sys.argv[1])) if "loss" in r}
@@ -175,6 +183,14 @@ eval_recon_cpu() {  # test sentences of <= 32 tokens: one decode of 16 steps (60
     --out $run/eval-test-oracle-length
   # fewer tokens committed per step: does repetition fall with more steps?
   $SGDD eval --run $run --split test --max-samples 300 --sweep steps=16,32,64 --out $run/eval-test-steps
+}
+eval_recon_cpu_cheap() {  # as eval-recon-cpu: one decode of the 600 test sentences (penalty 0 and the preset's 2),
+  # and two rounds of the encoder as judge on the first 100
+  local run=runs/recon-cpu-cheap
+  OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 600 --steps 16 --sweep repetition_penalty=0,2 \
+    --out $run/eval-test
+  OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 100 --steps 16 --repetition-penalty 2 \
+    --refine encoder --refine-steps 2 --refine-candidates 4 --out $run/eval-test-refine
 }
 tune_recon_search() {  # test-time search with the encoder as judge, chosen on 100 validation sentences (two
   # decodes side by side on one thread each): lengths, whole candidates, refinement rounds

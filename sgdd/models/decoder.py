@@ -51,8 +51,8 @@ class DecoderConfig:
         "How the condition vector enters: adaln (AdaLN-Zero: per-block shift/scale/gate from condition + time, "
         "gates start at 0; the default: it learned the condition far better than cross-attention in the "
         "ablations of RESULTS.md), cross (cross-attention to cond_tokens memory slots in every block, the seed's "
-        "choice) or prefix (cond_tokens extra tokens prepended to the self-attention; the only choice with "
-        "init_body encoder).",
+        "choice) or prefix (cond_tokens extra tokens prepended to the self-attention). With init_body encoder: "
+        "adaln (AdaLN-Zero on the body's norms, no time input) or prefix.",
     )
     cond_tokens: int = doc(4, "Memory slots (cross) or prefix tokens (prefix) the condition is projected to; adaln uses none.")
     tie_output: bool = doc(
