@@ -5,9 +5,8 @@
 for each chunk of rows the logits [c, V] are formed, turned into (softmax - one-hot) * w in
 place, and multiplied back into the gradients of x, W and b. No [M, V] tensor exists at once, in
 the forward or for the backward, and no softmax is kept for it; the matrix products are the
-three an autograd graph would run (two when the
-output matrix is frozen: no gradient for W). The backward only scales the stored gradients by the
-incoming one.
+three an autograd graph would run (two when the output matrix is frozen: no gradient for W). The
+backward only scales the stored gradients by the incoming one.
 
 The mask token's logit is -inf, as in ``project_logits``: it is never predicted and gets no
 gradient. Under autocast the logits of a chunk come in the autocast dtype and are taken to fp32

@@ -114,8 +114,9 @@ def masked_diffusion_loss(model: Decoder, x0: torch.Tensor, z: torch.Tensor, noi
     (:mod:`sgdd.models.linear_ce`); otherwise the logits [M, V] are formed and autograd does the rest.
 
     ``vocab`` (training with ``diffusion.loss_vocab``, fused only): the softmax covers the columns
-    ``vocab.columns(target, draw)`` instead of the whole output vocabulary, and ``correct`` counts
-    argmaxes among them. Without gradients (validation) the full vocabulary is always scored."""
+    ``vocab.columns(target, draw)`` instead of the whole output vocabulary, so ``ce_sum`` is the
+    sampled cross-entropy and ``correct`` counts argmaxes among those columns. Without gradients
+    (validation) the full vocabulary is always scored."""
     L = x0.shape[1]
     schedule = get_schedule(dcfg.schedule, dcfg.kappa)
     # 1. forward process: x_t [B, L]; scored [B, L] = masked and labelled (noise drawn for max_len)
