@@ -79,9 +79,9 @@ def test_training_uses_the_choice_and_records_it(caches, tmp_path, monkeypatch, 
     plain, _ = caches
     seen, real = [], train_mod.masked_diffusion_loss
 
-    def spy(model, x0, z, noise, dcfg, given=0, lengths=None):
+    def spy(model, x0, z, noise, dcfg, given=0, lengths=None, **kw):
         seen.append(x0.clone())
-        return real(model, x0, z, noise, dcfg, given, lengths)
+        return real(model, x0, z, noise, dcfg, given, lengths, **kw)
 
     monkeypatch.setattr(train_mod, "masked_diffusion_loss", spy)
     cfg = tiny_cfg(plain, tmp_path / "r", consistent_labels=asked, val_split=None,

@@ -218,8 +218,8 @@ def test_block_tail_ignore_scores_only_real_labels(windows_cache, tmp_path, monk
     seen = []
     real = step_mod.masked_diffusion_loss
 
-    def spy(model, x0, z, noise, dcfg, given=0, lengths=None):
-        parts = real(model, x0, z, noise, dcfg, given, lengths)
+    def spy(model, x0, z, noise, dcfg, given=0, lengths=None, **kw):
+        parts = real(model, x0, z, noise, dcfg, given, lengths, **kw)
         seen.append((x0.clone(), parts.n_masked.item(), noise))
         return parts
 
@@ -236,9 +236,9 @@ def test_mtp_head_with_the_first_token_given(windows_cache, tmp_path, monkeypatc
 
     givens, real = [], step_mod.masked_diffusion_loss
 
-    def spy(model, x0, z, noise, dcfg, given=0, lengths=None):
+    def spy(model, x0, z, noise, dcfg, given=0, lengths=None, **kw):
         givens.append(given)
-        return real(model, x0, z, noise, dcfg, given, lengths)
+        return real(model, x0, z, noise, dcfg, given, lengths, **kw)
 
     monkeypatch.setattr(step_mod, "masked_diffusion_loss", spy)
     result = fit(mtp_cfg(windows_cache, tmp_path / "r", given=1, **{"optim.max_steps": 3}))
