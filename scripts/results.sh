@@ -9,6 +9,7 @@
 #   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen tune-mtp-draft eval-mtp-draft   (the MTP head as a speculative decoder)
 #   bash scripts/results.sh spec-2threads tune-draft-floor tune-draft-width; WIDTH=K bash scripts/results.sh eval-draft-width
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
+#   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus; HEAD=RUN ... spec-mtp-corpus   (cheaper head steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
@@ -296,6 +297,37 @@ eval_draft_width() {  # WIDTH: the width tune-draft-width chose
 eval_draft_floor() {  # FLOOR: the floor tune-draft-floor chose
   OMP_NUM_THREADS=2 $SGDD speculate --run runs/mtp-gen "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl --draft-passes 1 \
     --draft-vocab 8192 --draft-min-prob "${FLOOR:?set FLOOR}" --out "runs/mtp-gen/speculate-test-floor$FLOOR"
+}
+# Cheaper head steps (RESULTS.md 3d): the output layer restricted to the labels of the training
+# windows (model.vocab corpus: 7,054 of 49,153 tokens) and kept at SmolLM2's own embeddings
+# (optim.freeze_embeddings, as EAGLE keeps the base model's LM head), so a step costs a sixth; the
+# wall time of 3b's 3,000 steps then buys many more. One and two layers side by side (one thread
+# each, MTP_MINUTES each), chosen on the 20 validation prompts, the choice run on the 100 test prompts.
+#   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus; HEAD=runs/mtp-corpus-2l bash scripts/results.sh spec-mtp-corpus
+MTP_MINUTES=${MTP_MINUTES:-45}
+mtp_corpus() {
+  local common=(--config configs/mtp-cpu.yaml --cache cache/smollm2-gen --set given=1 --set consistent_labels=true
+                --set precision=fp32 --set model.vocab=corpus --set optim.freeze_embeddings=true
+                --set optim.max_steps=100000 --set optim.max_minutes=$MTP_MINUTES --set eval_every=1000 --set save_every=1000)
+  OMP_NUM_THREADS=1 train runs/mtp-corpus-1l "${common[@]}" --set model.n_layers=1 &
+  OMP_NUM_THREADS=1 train runs/mtp-corpus-2l "${common[@]}" --set model.n_layers=2 &
+  wait
+}
+eval_mtp_corpus() {
+  for run in runs/mtp-corpus-1l runs/mtp-corpus-2l; do
+    $SGDD eval --run $run --cache cache/smollm2-gen-test --split test --given 1 --consistent-labels --steps 1 --checkpoint last \
+      --out $run/eval-gen-test
+  done
+}
+tune_mtp_corpus() {
+  for run in runs/mtp-corpus-1l runs/mtp-corpus-2l; do
+    OMP_NUM_THREADS=2 $SGDD speculate --run $run "${SPEC[@]}" --prompts runs/prompts-validation-20.jsonl --draft-passes 1 \
+      --draft-vocab 8192 --out $run/speculate-validation
+  done
+}
+spec_mtp_corpus() {  # HEAD: the head tune-mtp-corpus chose
+  OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
+    --draft-passes 1 --draft-vocab 8192 --out "$HEAD/speculate-test"
 }
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}

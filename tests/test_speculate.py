@@ -177,6 +177,29 @@ def test_a_draft_vocabulary_limits_the_drafts_not_the_output(lm, prompts):
         assert speculate(base, small, prompt, 20, vocab_size=V).tokens == hf_greedy(lm, prompt, 20)
 
 
+def test_a_draft_vocabulary_of_a_head_with_a_corpus_vocabulary(lm, prompts):
+    """A head trained with ``model.vocab: corpus`` computes its own V' rows: a draft vocabulary of
+    all of them (but the mask) drafts exactly what the head does without one, the rows looked up by
+    token id; an id outside its vocabulary is a one-line error."""
+    V = lm.model.config.vocab_size
+    full = random_head(lm, seed=9)
+    ids = torch.cat([torch.arange(0, V, 3), torch.tensor([V])]).unique()  # every third token, and the mask
+    cfg = DecoderConfig(n_layers=1, d_model=32, n_heads=2, max_len=L, conditioning="prefix", cond_tokens=1)
+    head = Decoder(cfg, V + 1, lm.hidden_size, lm.hidden_size, V, out_vocab=len(ids))
+    state = full.state_dict()
+    head.load_state_dict(state | {"out_bias": state["out_bias"][ids], "out_vocab": head.out_vocab})
+    head.set_vocab(ids)
+    plain = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision)
+    limited = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, vocab=ids[:-1])
+    h = torch.randn(6, lm.hidden_size)
+    for i in range(6):
+        got = limited(h[i], [1, 20 + i])
+        assert got == plain(h[i], [1, 20 + i]) and set(got) <= set(ids.tolist())
+    assert speculate(BaseLM(lm), limited, prompts[1], 20, vocab_size=V).tokens == hf_greedy(lm, prompts[1], 20)
+    with pytest.raises(SgddError, match="outside the decoder's output vocabulary"):
+        HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, vocab=torch.tensor([1]))
+
+
 def test_a_probability_floor_cuts_each_draft_before_its_first_unsure_token(lm, prompts):
     """With ``min_prob`` the draft is the full draft up to (not including) its first token whose
     committed probability is below the floor; a floor above every probability drafts nothing, so

@@ -111,6 +111,10 @@ class SentenceView:
     def batch(self, idx: torch.Tensor) -> Batch:
         return Batch(self.ids[idx], self.vectors[idx], self.lengths[idx])
 
+    def token_ids(self) -> torch.Tensor:
+        """The sorted ids of every token a batch's targets may hold (padding and specials included)."""
+        return self.ids.unique()
+
     def batch_unpadded(self, idx: torch.Tensor) -> Batch:
         """Sentences of one length, without padding: x0 [b, l]."""
         n = self.lengths[idx]
@@ -214,6 +218,10 @@ class NextBlockView:
             keep = torch.cat([torch.ones_like(chain[:, :1]), chain], 1).bool()  # [b, L]
             x0 = x0.masked_fill(~keep, IGNORE_INDEX)
         return Batch(x0, self.hidden.gather(rows, pos))
+
+    def token_ids(self) -> torch.Tensor:
+        """The sorted ids of every label of the windows (the base model's next tokens)."""
+        return self.labels[self.labels != IGNORE_INDEX].unique()
 
     @property
     def consistent(self) -> bool:

@@ -282,9 +282,10 @@ class _DraftView:
     def __init__(self, model, vocab: torch.Tensor | None = None):
         self._model, self.vocab = model, vocab
         if vocab is not None:
-            self._head, weight, bias = model.projection
-            self._weight = weight.detach()[vocab].contiguous()  # [N, E]
-            self._bias = bias.detach()[vocab].contiguous()  # [N]
+            self._head, weight, bias = model.projection  # over the head's output vocabulary (model.vocab)
+            rows = model.out_index(vocab)  # [N] the tokens' rows in it
+            self._weight = weight.detach()[rows].contiguous()  # [N, E]
+            self._bias = bias.detach()[rows].contiguous()  # [N]
 
     def __getattr__(self, name):
         return getattr(self._model, name)

@@ -75,9 +75,9 @@ class DecoderConfig:
     )
     vocab: str = doc(
         "full",
-        "Output vocabulary: full (every token of the tokenizer) or corpus (only the tokens of the training and "
-        "validation splits and the special tokens: a smaller vocabulary projection, so faster training; the "
-        "decoder then never writes another token). Sentence view only.",
+        "Output vocabulary: full (every token of the tokenizer) or corpus (only the target tokens of the training "
+        "and validation splits, an MTP head's labels among them, and the special tokens: a smaller vocabulary "
+        "projection, so faster training; the decoder then never writes another token).",
     )
     length_head: bool = doc(False, "Predict each sentence's token count from the condition (a small MLP); decoding "
                             "then generates exactly that many positions instead of max_len padded ones.")

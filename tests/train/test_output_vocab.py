@@ -105,11 +105,24 @@ def test_corpus_vocab_trains_saves_reloads_and_writes_only_its_tokens(body_cache
     assert torch.isin(out, vocab).all()
 
 
-def test_corpus_vocab_needs_the_sentence_view(tmp_path):
-    cache = build_windows_cache(tmp_path / "windows")  # an MTP head's cache: the next-block view
-    cfg = tiny_cfg(cache, tmp_path / "run", **{"model.vocab": "corpus"})
-    with pytest.raises(SgddError, match="model.vocab corpus needs the sentence view"):
-        build_model(cfg, load_data(cfg))
+def test_an_mtp_heads_corpus_vocab_is_its_labels_and_it_trains(tmp_path):
+    """On the next_block view the vocabulary is every label (output id) of the training and
+    validation windows and the specials; a head trains on it with the given token, and its
+    validation loss is finite (every label has a row)."""
+    cache = build_windows_cache(tmp_path / "windows")
+    cfg = tiny_cfg(cache, tmp_path / "run", **{"model.vocab": "corpus", "view": "next_block", "block_length": 3,
+                                                "given": 1, "optim.max_steps": 4, "eval_every": 2})
+    data = load_data(cfg)
+    vocab = corpus_vocabulary(data)
+    labels = torch.cat([v.labels.flatten() for v in (data.train, data.val)])
+    specials = torch.tensor([i for i in data.special_ids.values() if i is not None])
+    assert torch.equal(vocab, torch.cat([labels[labels >= 0], specials]).unique())
+    assert len(vocab) < data.vocab_size
+    result = fit(cfg)
+    losses = [r["val_loss"] for r in result.metrics if "val_loss" in r]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    model, _ = load_model(tmp_path / "run" / "checkpoints" / "last")
+    assert torch.equal(model.out_vocab, vocab)
 
 
 def test_a_full_vocab_run_is_unchanged(tmp_path):

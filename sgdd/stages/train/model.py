@@ -52,13 +52,12 @@ def resolve_decoder(cfg: TrainConfig, data: TrainData) -> DecoderConfig:
 
 
 def corpus_vocabulary(data: TrainData) -> torch.Tensor:
-    """``model.vocab: corpus``: the sorted ids of every token of the training and validation
-    splits and every special token (the mask among them)."""
-    if data.view != "sentence":
-        raise SgddError(f"model.vocab corpus needs the sentence view (here: the {data.view} view); use model.vocab full")
+    """``model.vocab: corpus``: the sorted ids of every target token of the training and
+    validation splits (a sentence's tokens; an MTP head's labels) and every special token (the
+    mask among them)."""
     specials = torch.tensor([i for i in data.special_ids.values() if i is not None])
-    splits = [data.train.ids] + ([] if data.val is None else [data.val.ids])
-    return torch.cat([s.unique() for s in splits] + [specials]).unique()  # sorted
+    splits = [data.train] + ([] if data.val is None else [data.val])
+    return torch.cat([s.token_ids() for s in splits] + [specials]).unique()  # sorted
 
 
 def build_model(cfg: TrainConfig, data: TrainData) -> Decoder:
