@@ -9,7 +9,7 @@
 #   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen tune-mtp-draft eval-mtp-draft   (the MTP head as a speculative decoder)
 #   bash scripts/results.sh spec-2threads tune-draft-floor tune-draft-width; WIDTH=K bash scripts/results.sh eval-draft-width
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
-#   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus; HEAD=RUN ... spec-mtp-corpus   (cheaper head steps)
+#   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus; HEAD=RUN ... tune-mtp-draft-vocab spec-mtp-corpus   (cheaper head steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
@@ -46,9 +46,14 @@ paraphrase_recon_cpu() {  # phase 2 from runs/recon-cpu (collect the pairs, 35 m
   $SGDD run configs/paraphrase-recon-cpu.yaml --set train.model.conditioning=prefix --set train.model.cond_tokens=8 \
     --set train.optim.freeze_embeddings=false --set train.diffusion.loss_vocab=0
 }
+# configs/mtp-cpu.yaml before the cheaper head steps (RESULTS.md 3, 3b): every token in the output,
+# trained embeddings, a step budget, no given token, the cache's default label chains
+MTP_FULL=(--set model.vocab=full --set optim.freeze_embeddings=false --set optim.max_minutes=null --set given=0
+          --set consistent_labels=null --set eval_every=250 --set save_every=250)
 mtp() {  # the whole block drafted; then EAGLE-style, the base model's own next token given
-  train runs/mtp-smollm2-cpu --config configs/mtp-cpu.yaml --cache cache/smollm2-windows --set optim.max_steps=2000
-  train runs/mtp-smollm2-cpu-given1 --config configs/mtp-cpu.yaml --cache cache/smollm2-windows \
+  train runs/mtp-smollm2-cpu --config configs/mtp-cpu.yaml "${MTP_FULL[@]}" --cache cache/smollm2-windows \
+    --set optim.max_steps=2000
+  train runs/mtp-smollm2-cpu-given1 --config configs/mtp-cpu.yaml "${MTP_FULL[@]}" --cache cache/smollm2-windows \
     --set optim.max_steps=2000 --set given=1
 }
 ablations() {
@@ -229,7 +234,7 @@ mtp_gen_collect() {
 }
 mtp_gen() {  # the two heads, one thread each, the same schedule of 3,000 steps of 64 positions
   # (RESULTS.md 3b also shows both at step 1,500, where the runs were once stopped and resumed).
-  local common=(--config configs/mtp-cpu.yaml --set given=1 --set optim.max_steps=3000 --set precision=fp32
+  local common=(--config configs/mtp-cpu.yaml "${MTP_FULL[@]}" --set given=1 --set optim.max_steps=3000 --set precision=fp32
                 --set eval_every=500 --set save_every=500)
   OMP_NUM_THREADS=1 train runs/mtp-gen --cache cache/smollm2-gen --set consistent_labels=true "${common[@]}" &
   OMP_NUM_THREADS=1 train runs/mtp-doc --cache cache/smollm2-doc --set consistent_labels=false "${common[@]}" &
@@ -303,12 +308,12 @@ eval_draft_floor() {  # FLOOR: the floor tune-draft-floor chose
 # (optim.freeze_embeddings, as EAGLE keeps the base model's LM head), so a step costs a sixth; the
 # wall time of 3b's 3,000 steps then buys many more. One and two layers side by side (one thread
 # each, MTP_MINUTES each), chosen on the 20 validation prompts, the choice run on the 100 test prompts.
-#   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus; HEAD=runs/mtp-corpus-2l bash scripts/results.sh spec-mtp-corpus
+#   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus
+#   HEAD=runs/mtp-corpus-1l bash scripts/results.sh tune-mtp-draft-vocab; HEAD=... DRAFT_VOCAB=N bash scripts/results.sh spec-mtp-corpus
 MTP_MINUTES=${MTP_MINUTES:-45}
 mtp_corpus() {
-  local common=(--config configs/mtp-cpu.yaml --cache cache/smollm2-gen --set given=1 --set consistent_labels=true
-                --set precision=fp32 --set model.vocab=corpus --set optim.freeze_embeddings=true
-                --set optim.max_steps=100000 --set optim.max_minutes=$MTP_MINUTES --set eval_every=1000 --set save_every=1000)
+  local common=(--config configs/mtp-cpu.yaml --cache cache/smollm2-gen --set precision=fp32
+                --set optim.max_steps=100000 --set optim.max_minutes=$MTP_MINUTES)
   OMP_NUM_THREADS=1 train runs/mtp-corpus-1l "${common[@]}" --set model.n_layers=1 &
   OMP_NUM_THREADS=1 train runs/mtp-corpus-2l "${common[@]}" --set model.n_layers=2 &
   wait
@@ -325,9 +330,18 @@ tune_mtp_corpus() {
       --draft-vocab 8192 --out $run/speculate-validation
   done
 }
-spec_mtp_corpus() {  # HEAD: the head tune-mtp-corpus chose
+# The one-pass draft as an argmax over the draft vocabulary's own columns (no decode bookkeeping),
+# and the draft vocabulary chosen again for it on the validation prompts (HEAD: the head chosen above).
+tune_mtp_draft_vocab() {
+  local n
+  for n in 8192 4096 2048; do
+    OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-validation-20.jsonl \
+      --draft-passes 1 --draft-vocab $n --out "$HEAD/speculate-validation-lean-vocab$n"
+  done
+}
+spec_mtp_corpus() {  # HEAD: the head tune-mtp-corpus chose; DRAFT_VOCAB: the draft vocabulary tune-mtp-draft-vocab chose
   OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
-    --draft-passes 1 --draft-vocab 8192 --out "$HEAD/speculate-test"
+    --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-8192}" --out "$HEAD/speculate-test-vocab${DRAFT_VOCAB:-8192}"
 }
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}

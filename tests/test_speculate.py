@@ -177,6 +177,26 @@ def test_a_draft_vocabulary_limits_the_drafts_not_the_output(lm, prompts):
         assert speculate(base, small, prompt, 20, vocab_size=V).tokens == hf_greedy(lm, prompt, 20)
 
 
+def test_a_one_pass_draft_is_decodes_single_greedy_step(lm):
+    """The drafter's one greedy pass (argmax over the draft vocabulary's own columns) drafts what
+    :func:`decode` commits in one step at temperature 0, with and without a draft vocabulary; a
+    second pass goes through decode itself."""
+    from sgdd.decoding.maskgit import decode
+
+    V = lm.model.config.vocab_size
+    head = random_head(lm, seed=11)
+    vocab = torch.arange(0, V, 2)
+    h = torch.randn(8, lm.hidden_size)
+    for ids in (None, vocab):
+        drafter = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, vocab=ids)
+        assert drafter.one_greedy_pass
+        for i in range(8):
+            want = decode(drafter.model, h[i:i + 1], length=L, prefix=torch.tensor([[4 + i]]), steps=1)[0, 1:]
+            assert drafter(h[i], [1, 4 + i]) == want.tolist()
+    assert not HeadDrafter(head, L, Sampling(steps=2), CPU, lm.precision).one_greedy_pass
+    assert not HeadDrafter(head, L, Sampling(steps=1, temperature=0.5), CPU, lm.precision).one_greedy_pass
+
+
 def test_a_draft_vocabulary_of_a_head_with_a_corpus_vocabulary(lm, prompts):
     """A head trained with ``model.vocab: corpus`` computes its own V' rows: a draft vocabulary of
     all of them (but the mask) drafts exactly what the head does without one, the rows looked up by

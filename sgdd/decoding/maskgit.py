@@ -151,13 +151,20 @@ def _predict(model, cond: Conditioner, x: torch.Tensor, rows: torch.Tensor, open
 
 
 @torch.no_grad()
-def first_pass_logits(model, z: torch.Tensor, x: torch.Tensor, maskable: int, noise: Schedule | None = None) -> torch.Tensor:
-    """The logits [M, V] at the masked positions of x [B, L] (row-major) that the first step of
-    :func:`decode` computes, without CFG; ``maskable``: the positions a row could hold masked (L
-    less a given prefix)."""
+def first_pass_hidden(model, z: torch.Tensor, x: torch.Tensor, maskable: int, noise: Schedule | None = None) -> torch.Tensor:
+    """The hidden states [M, d] at the masked positions of x [B, L] (row-major) that the first
+    step of :func:`decode` computes, without CFG; ``maskable``: the positions a row could hold
+    masked (L less a given prefix)."""
     open_ = x == model.mask_id
-    rows = torch.arange(x.shape[0], device=x.device)
-    return _predict(model, Conditioner(model, z, guided=False), x, rows, open_, noise or get_schedule("linear"), maskable)
+    t = (noise or get_schedule("linear")).time_of_share(open_.sum(1).float() / maskable)  # [B]
+    return model(x, t, kv=model.condition(z))[open_]
+
+
+def first_pass_logits(model, z: torch.Tensor, x: torch.Tensor, maskable: int, noise: Schedule | None = None) -> torch.Tensor:
+    """The logits [M, V] at the masked positions of x [B, L] that the first step of :func:`decode`
+    computes, without CFG (see :func:`first_pass_hidden`)."""
+    with torch.no_grad():
+        return model.logits(first_pass_hidden(model, z, x, maskable, noise))
 
 
 def chunk_rows(vocab: int, device: torch.device) -> int:

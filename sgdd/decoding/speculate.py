@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from sgdd.decoding.maskgit import decode, first_pass_logits
+from sgdd.decoding.maskgit import decode, first_pass_hidden
 from sgdd.decoding.samplers import Sampling
 from sgdd.models import fewrows
 from sgdd.runtime import Precision
@@ -272,20 +272,28 @@ class _DraftView:
     - the few open rows of a draft (at most L - 1) are not padded to the decoder's row bucket
       (128 rows: 40x the work of a 3-token draft at a 49k vocabulary), so that the projection
       runs as W @ x^T on CPU (:func:`sgdd.models.fewrows.linear`);
-    - with ``vocab`` (token ids [N]), only those rows of the output matrix are computed and every
-      other token gets -inf. A one-layer head's draft is mostly the read of its output matrix
-      (49k x 576 floats for SmolLM2), so a draft over the N tokens the head was trained to
-      predict costs a fraction of one over the whole vocabulary.
+    - with ``vocab`` (token ids [N]; default every token the head can write), only those rows of
+      the output matrix are computed and every other token gets -inf. A one-layer head's draft is
+      mostly the read of its output matrix (49k x 576 floats for SmolLM2), so a draft over the N
+      tokens the head was trained to predict costs a fraction of one over the whole vocabulary;
+    - ``draft_logits`` gives the N columns alone, for drafts that need only their argmax or top k.
 
     Everything else is the head's own."""
 
     def __init__(self, model, vocab: torch.Tensor | None = None):
-        self._model, self.vocab = model, vocab
-        if vocab is not None:
-            self._head, weight, bias = model.projection  # over the head's output vocabulary (model.vocab)
+        self._model = model
+        self._head, weight, bias = model.projection  # over the head's output vocabulary (model.vocab)
+        if vocab is None:  # every token the head can write
+            vocab = torch.arange(model.vocab_size) if model.out_vocab is None else model.out_vocab
+            rows = None
+        else:
             rows = model.out_index(vocab)  # [N] the tokens' rows in it
-            self._weight = weight.detach()[rows].contiguous()  # [N, E]
-            self._bias = bias.detach()[rows].contiguous()  # [N]
+        self.vocab = vocab.to(weight.device)
+        self._weight = (weight if rows is None else weight[rows]).detach().contiguous()  # [N, E]
+        self._bias = (bias if rows is None else bias[rows]).detach().contiguous()  # [N]
+        mask = self.vocab == model.mask_id
+        if bool(mask.any()):  # never drafted
+            self._bias = self._bias.masked_fill(mask, float("-inf"))
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -293,15 +301,16 @@ class _DraftView:
     def __call__(self, *args, **kwargs):
         return self._model(*args, **kwargs)
 
+    def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[..., d] -> [..., N] logits over the draft vocabulary ``self.vocab`` only (the mask -inf)."""
+        return fewrows.linear(self._head(hidden), self._weight, self._bias)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.vocab is not None:
-            part = fewrows.linear(self._head(hidden), self._weight, self._bias)  # [..., N]
-            out = part.new_full((*part.shape[:-1], self._model.vocab_size), float("-inf"))
-            out[..., self.vocab] = part
-            return out
-        if hidden.dim() == 2:  # [M, d] -> [1, M, d]: the unpadded path -> [M, V]
-            return self._model.logits(hidden[None])[0]
-        return self._model.logits(hidden)
+        """[..., d] -> [..., V] (what :func:`decode` reads), -inf outside the draft vocabulary."""
+        part = self.draft_logits(hidden)  # [..., N]
+        out = part.new_full((*part.shape[:-1], self._model.vocab_size), float("-inf"))
+        out[..., self.vocab] = part
+        return out
 
 
 class HeadDrafter:
@@ -339,22 +348,36 @@ class HeadDrafter:
         z = h[None].to(self.device)  # [1, H]
         if self.widths is not None:
             return self._tree(z, continuation[-1])
-        prefix = torch.tensor([continuation[-1:]], dtype=torch.long, device=self.device)  # [1, 1] the known token b
-        with self.precision.autocast():
-            ids, trajectory = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix,
-                                     sampling=self.sampling, return_trajectory=True)  # [1, L]
-        drafts = ids[0, 1:].tolist()
-        if self.min_prob > 0:
-            sure = (trajectory.token_logp[0, 1:].exp() >= self.min_prob).tolist()
-            drafts = drafts[: sure.index(False) if False in sure else len(drafts)]
-        return drafts
+        if self.one_greedy_pass:  # what decode's single greedy step commits, without its bookkeeping
+            probs, ids = self._first_pass(z, continuation[-1]).max(-1)  # [L - 1] each
+            drafts, sure = self.model.vocab[ids].tolist(), (probs >= self.min_prob).tolist()
+        else:
+            prefix = torch.tensor([continuation[-1:]], dtype=torch.long, device=self.device)  # [1, 1] the known token b
+            with self.precision.autocast():
+                out, trajectory = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix,
+                                         sampling=self.sampling, return_trajectory=True)  # [1, L]
+            drafts, sure = out[0, 1:].tolist(), (trajectory.token_logp[0, 1:].exp() >= self.min_prob).tolist()
+        return drafts[: sure.index(False)] if False in sure else drafts
 
-    def _tree(self, z: torch.Tensor, known: int) -> TreeDraft:
+    @property
+    def one_greedy_pass(self) -> bool:
+        """One pass at temperature 0 with nothing that reweights the logits: every open position
+        takes its most probable token, so the draft needs no more than the first pass's argmax."""
+        s = self.sampling
+        return s.steps == 1 and s.temperature == 0 and not s.repetition_penalty and not s.cfg_scale
+
+    def _first_pass(self, z: torch.Tensor, known: int) -> torch.Tensor:
+        """The head's first pass over [known, mask, ...] -> the probabilities [L - 1, N] of each
+        open position over the draft vocabulary ``self.model.vocab``."""
         x = torch.full((1, self.L), self.model.mask_id, dtype=torch.long, device=self.device)  # [1, L]
         x[0, 0] = known
         with self.precision.autocast():
-            logits = first_pass_logits(self.model, z, x, self.L - 1)  # [L - 1, V]
-        probs, ids = logits.float().softmax(-1).topk(max(self.widths), dim=-1)  # [L - 1, max width] each
+            logits = self.model.draft_logits(first_pass_hidden(self.model, z, x, self.L - 1))  # [L - 1, N]
+        return logits.float().softmax(-1)
+
+    def _tree(self, z: torch.Tensor, known: int) -> TreeDraft:
+        probs, ids = self._first_pass(z, known).topk(max(self.widths), dim=-1)  # [L - 1, max width] each
+        ids = self.model.vocab[ids]
         tokens, parents, sure, chain = [], [], [], -1
         for depth, width in enumerate(self.widths):
             tokens += ids[depth, :width].tolist()

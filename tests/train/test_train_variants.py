@@ -267,8 +267,9 @@ def test_head_count_must_divide_the_base_models_hidden_size(windows_cache, tmp_p
         run(mtp_cfg(windows_cache, tmp_path / "r", **{"model.n_heads": 8}))
 
 
-def test_mtp_preset_trains_on_a_windows_cache(windows_cache, tmp_path):
-    cfg = load_yaml(CONFIGS / "mtp-smollm2.yaml", TrainConfig)
+@pytest.mark.parametrize("name", ["mtp-smollm2", "mtp-cpu"])
+def test_mtp_preset_trains_on_a_windows_cache(name, windows_cache, tmp_path):
+    cfg = load_yaml(CONFIGS / f"{name}.yaml", TrainConfig)
     assert cfg.view == "next_block" and cfg.model.n_layers == 1 and cfg.model.d_model is None
     assert cfg.block_length == 4 and cfg.model.conditioning == "prefix" and cfg.model.cond_tokens == 1
     from sgdd.config import apply_overrides
