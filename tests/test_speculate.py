@@ -397,7 +397,7 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_run, prompt_file, tmp_pa
     assert len(rows) == 4 and sum(r["tokens"] for r in rows) == report["tokens"]
     labels = {t for ids in open_cache(json.loads((tiny_run / "checkpoints/last/model.json").read_text())["cache"])
               .split("train").column("output_ids") for t in ids}
-    assert report["draft_vocab"] == len(labels)  # by default: up to 8192 of the training labels, here all of them
+    assert report["draft_vocab"] == len(labels)  # by default: up to 4096 of the training labels, here all of them
     assert report["drafted_per_pass"] == L - 1 and report["draft_min_prob"] == 0  # whole drafts by default
 
 
