@@ -6,6 +6,7 @@
 #   bash scripts/results.sh [collect|recon|paraphrase|mtp|ablations|eval-recon|eval-paraphrase|eval-mtp|eval-ablations]
 #   bash scripts/results.sh recon-cpu-collect recon-cpu eval-recon-cpu recon-cpu-ablations eval-recon-cpu-ablations
 #   bash scripts/results.sh recon-fast eval-recon-fast recon-cpu-cheap eval-recon-cpu-cheap   (the cheaper steps)
+#   RUN=runs/recon-cpu-cheap bash scripts/results.sh tune-recon-search eval-recon-search   (test-time search, chosen on validation)
 #   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen tune-mtp-draft eval-mtp-draft   (the MTP head as a speculative decoder)
 #   bash scripts/results.sh spec-2threads tune-draft-floor tune-draft-width; WIDTH=K bash scripts/results.sh eval-draft-width
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
@@ -209,6 +210,14 @@ tune_recon_search() {  # test-time search with the encoder as judge, chosen on 1
     --out $run/search-validation-cand4 &
   OMP_NUM_THREADS=1 $SGDD eval --run $run "${v[@]}" --refine encoder --refine-steps 4 --refine-candidates 4 \
     --out $run/search-validation-refine4x4 &
+  wait
+}
+eval_recon_search() {  # what tune-recon-search chose (a length beam of 4, four rounds of four candidates),
+  # together, on the same 100 validation sentences and on the first 100 test sentences, side by side
+  local run=${RUN:-runs/recon-cpu-cheap} s=(--max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4
+    --refine encoder --refine-steps 4 --refine-candidates 4 --metric token_accuracy --metric bleu --metric encoder_cosine)
+  OMP_NUM_THREADS=1 $SGDD eval --run $run --split validation "${s[@]}" --out $run/search-validation-beam4-refine4x4 &
+  OMP_NUM_THREADS=1 $SGDD eval --run $run --split test "${s[@]}" --out $run/eval-test-beam4-refine4x4 &
   wait
 }
 eval_recon_cpu_ablations() {
