@@ -160,13 +160,6 @@ def first_pass_hidden(model, z: torch.Tensor, x: torch.Tensor, maskable: int, no
     return model(x, t, kv=model.condition(z))[open_]
 
 
-def first_pass_logits(model, z: torch.Tensor, x: torch.Tensor, maskable: int, noise: Schedule | None = None) -> torch.Tensor:
-    """The logits [M, V] at the masked positions of x [B, L] that the first step of :func:`decode`
-    computes, without CFG (see :func:`first_pass_hidden`)."""
-    with torch.no_grad():
-        return model.logits(first_pass_hidden(model, z, x, maskable, noise))
-
-
 def chunk_rows(vocab: int, device: torch.device) -> int:
     """Rows of float32 logits handled at once after the projection: ~2 MiB on CPU, so that
     cast, log-softmax, choice and confidence run in cache (3x faster than over all rows at
