@@ -142,12 +142,17 @@ def _predict(model, cond: Conditioner, x: torch.Tensor, rows: torch.Tensor, open
     [R, L] (the vocabulary projection only there): [M, V], with CFG [2M, V] (conditional rows
     first), in the model's compute dtype. The time input is the training time of the share of
     the ``maskable`` positions still masked."""
-    share = (x == model.mask_id).sum(1).float() / maskable  # [R]
-    t = noise.time_of_share(share)  # [R]
+    t = time_input(x, model.mask_id, maskable, noise)  # [R]
     if cond.guided:
         hidden = cond(model, torch.cat([x, x]), torch.cat([t, t]), rows)  # [2R, L, d]
         return model.logits(hidden[torch.cat([open_, open_])])  # [2M, V]
     return model.logits(cond(model, x, t, rows)[open_])  # [M, V]
+
+
+def time_input(x: torch.Tensor, mask_id: int, maskable: int, noise: Schedule) -> torch.Tensor:
+    """The time input [R] of rows x [R, L]: the training time of the share of their ``maskable``
+    positions still masked."""
+    return noise.time_of_share((x == mask_id).sum(1).float() / maskable)
 
 
 @torch.no_grad()
@@ -155,9 +160,8 @@ def first_pass_hidden(model, z: torch.Tensor, x: torch.Tensor, maskable: int, no
     """The hidden states [M, d] at the masked positions of x [B, L] (row-major) that the first
     step of :func:`decode` computes, without CFG; ``maskable``: the positions a row could hold
     masked (L less a given prefix)."""
-    open_ = x == model.mask_id
-    t = (noise or get_schedule("linear")).time_of_share(open_.sum(1).float() / maskable)  # [B]
-    return model(x, t, kv=model.condition(z))[open_]
+    t = time_input(x, model.mask_id, maskable, noise or get_schedule("linear"))  # [B]
+    return model(x, t, kv=model.condition(z))[x == model.mask_id]
 
 
 def chunk_rows(vocab: int, device: torch.device) -> int:
