@@ -11,6 +11,7 @@
 #   bash scripts/results.sh spec-2threads tune-draft-floor tune-draft-width; WIDTH=K bash scripts/results.sh eval-draft-width
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
 #   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus; HEAD=RUN ... tune-mtp-draft-vocab spec-mtp-corpus   (cheaper head steps)
+#   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SGDD=${SGDD:-.venv/bin/sgdd}
@@ -233,6 +234,12 @@ eval_recon_cpu_ablations() {
 # run as drafters on 100 test-split articles (never in training), against plain greedy.
 #   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen
 # ------------------------------------------------------------------------------------------------
+prompts() {  # prompts SPLIT N: runs/prompts-SPLIT-N.jsonl, the first N articles of SPLIT (first 2,000 characters)
+  mkdir -p runs
+  $SGDD_PY -c 'import json, sys, pyarrow.parquet as pq
+for t in pq.read_table(sys.argv[1]).column("text").to_pylist()[:int(sys.argv[2])]:
+    print(json.dumps({"text": t[:2000]}))' "$DATA/wiki/$1.parquet" "$2" > "runs/prompts-$1-$2.jsonl"
+}
 SMOL=(--model SmolLM2-135M-Instruct --dataset wiki --data-dir "$DATA/wiki" --sample-size 128 --stride 64
       --dtype fp32 --precision fp32 --batch-size 32)
 GEN_WINDOWS=${GEN_WINDOWS:-1920}  # 480 articles: the prompt (128 tokens) + 192 generated, windows at stride 64
@@ -254,9 +261,7 @@ eval_mtp_gen() {
     $SGDD eval --run $run --cache cache/smollm2-gen-test --split test --given 1 --consistent-labels --steps 1 --checkpoint last \
       --out $run/eval-gen-test
   done
-  $SGDD_PY -c 'import json, pyarrow.parquet as pq
-for t in pq.read_table("'"$DATA"'/wiki/test.parquet").column("text").to_pylist()[:100]:
-    print(json.dumps({"text": t[:2000]}))' > runs/prompts-test-100.jsonl
+  prompts test 100
   for run in runs/mtp-gen runs/mtp-doc; do
     $SGDD speculate --run $run --checkpoint last --prompts runs/prompts-test-100.jsonl --prompt-tokens 128 --max-new-tokens 64 \
       --draft-passes 1 --draft-vocab null --precision fp32 --device cpu --out $run/speculate-test
@@ -266,9 +271,7 @@ for t in pq.read_table("'"$DATA"'/wiki/test.parquet").column("text").to_pylist()
 # (never in training, not the test prompts), then the choice on the 100 test prompts.
 SPEC=(--checkpoint last --prompt-tokens 128 --max-new-tokens 64 --precision fp32 --device cpu)
 tune_mtp_draft() {
-  $SGDD_PY -c 'import json, pyarrow.parquet as pq
-for t in pq.read_table("'"$DATA"'/wiki/validation.parquet").column("text").to_pylist()[:20]:
-    print(json.dumps({"text": t[:2000]}))' > runs/prompts-validation-20.jsonl
+  prompts validation 20
   local setting
   for setting in "full 1" "8192 1" "8192 2" "8192 3"; do
     set -- $setting
@@ -319,36 +322,50 @@ eval_draft_floor() {  # FLOOR: the floor tune-draft-floor chose
 # each, MTP_MINUTES each), chosen on the 20 validation prompts, the choice run on the 100 test prompts.
 #   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus
 #   HEAD=runs/mtp-corpus-1l bash scripts/results.sh tune-mtp-draft-vocab; HEAD=... DRAFT_VOCAB=N bash scripts/results.sh spec-mtp-corpus
+# More self-generated data (RESULTS.md 3e): four times 3b's windows, the same two heads trained on it.
+#   bash scripts/results.sh mtp-gen-more
+#   MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus
+#   HEAD=runs/mtp-more-1l DRAFT_VOCAB=4096 bash scripts/results.sh spec-mtp-corpus   (HEAD: the head the validation prompts chose)
 MTP_MINUTES=${MTP_MINUTES:-45}
+MTP_CACHE=${MTP_CACHE:-cache/smollm2-gen}
+MTP_RUNS=${MTP_RUNS:-runs/mtp-corpus}  # the heads are $MTP_RUNS-1l and $MTP_RUNS-2l
+GEN_MORE=${GEN_MORE:-7680}  # 1,920 articles
+mtp_gen_more() {
+  $SGDD collect "${SMOL[@]}" --generate --max-new-tokens 192 --split train:$GEN_MORE --out cache/smollm2-gen-$GEN_MORE
+  $SGDD collect "${SMOL[@]}" --generate --max-new-tokens 192 --split test:48 --out cache/smollm2-gen-test
+}
 mtp_corpus() {
-  local common=(--config configs/mtp-cpu.yaml --cache cache/smollm2-gen --set precision=fp32
+  local common=(--config configs/mtp-cpu.yaml --cache "$MTP_CACHE" --set precision=fp32
                 --set optim.max_steps=100000 --set optim.max_minutes=$MTP_MINUTES)
-  OMP_NUM_THREADS=1 train runs/mtp-corpus-1l "${common[@]}" --set model.n_layers=1 &
-  OMP_NUM_THREADS=1 train runs/mtp-corpus-2l "${common[@]}" --set model.n_layers=2 &
+  OMP_NUM_THREADS=1 train "$MTP_RUNS-1l" "${common[@]}" --set model.n_layers=1 &
+  OMP_NUM_THREADS=1 train "$MTP_RUNS-2l" "${common[@]}" --set model.n_layers=2 &
   wait
 }
 eval_mtp_corpus() {
-  for run in runs/mtp-corpus-1l runs/mtp-corpus-2l; do
+  for run in "$MTP_RUNS-1l" "$MTP_RUNS-2l"; do
     $SGDD eval --run $run --cache cache/smollm2-gen-test --split test --given 1 --consistent-labels --steps 1 --checkpoint last \
       --out $run/eval-gen-test
   done
 }
 tune_mtp_corpus() {
-  for run in runs/mtp-corpus-1l runs/mtp-corpus-2l; do
+  prompts validation 20
+  for run in "$MTP_RUNS-1l" "$MTP_RUNS-2l"; do
     OMP_NUM_THREADS=2 $SGDD speculate --run $run "${SPEC[@]}" --prompts runs/prompts-validation-20.jsonl --draft-passes 1 \
-      --draft-vocab 8192 --out $run/speculate-validation
+      --draft-vocab "${DRAFT_VOCAB:-8192}" --out $run/speculate-validation-vocab${DRAFT_VOCAB:-8192}
   done
 }
 # The one-pass draft as an argmax over the draft vocabulary's own columns (no decode bookkeeping),
 # and the draft vocabulary chosen again for it on the validation prompts (HEAD: the head chosen above).
 tune_mtp_draft_vocab() {
   local n
+  prompts validation 20
   for n in 8192 4096 2048; do
     OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-validation-20.jsonl \
       --draft-passes 1 --draft-vocab $n --out "$HEAD/speculate-validation-lean-vocab$n"
   done
 }
 spec_mtp_corpus() {  # HEAD: the head tune-mtp-corpus chose; DRAFT_VOCAB: the draft vocabulary tune-mtp-draft-vocab chose
+  prompts test 100
   OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
     --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-8192}" --out "$HEAD/speculate-test-vocab${DRAFT_VOCAB:-8192}"
 }
