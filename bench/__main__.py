@@ -1,4 +1,4 @@
-"""python -m bench [--quick] [--only collect,train,decode,scale,fewrows] [--reps N] [--json FILE]
+"""python -m bench [--quick] [--only collect,generate,train,decode,scale,fewrows] [--reps N] [--json FILE]
 
 Runs the suites, prints one table per suite and writes everything as JSON. --quick is a
 seconds-long smoke run on the tiny in-process model: it exercises every code path and asserts
@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import collect, collect_llm, decode, fewrows, precision, scale, train
+from bench import collect, collect_llm, decode, fewrows, generate, precision, scale, train
 from bench.common import Setup, pick_model, write_corpus
 
-SUITES = ("collect", "collect_llm", "precision", "train", "decode", "scale", "fewrows")
+SUITES = ("collect", "collect_llm", "generate", "precision", "train", "decode", "scale", "fewrows")
 
 
 def machine() -> dict:
@@ -122,6 +122,14 @@ def main() -> None:
             results["collect_llm"] = collect_llm.run_suite(llm, docs, workdir, reps, windows=8 if args.quick else 40,
                                                            sample_size=64 if args.quick else 512)
             print_suite("collect (LLM mode)", results["collect_llm"])
+        if "generate" in only:
+            llm = collect_llm.pick_llm(workdir, args.quick)
+            docs = write_corpus(workdir / "documents.txt", 200, args.quick, documents=True)
+            results["generate"] = generate.run_suite(llm, docs, workdir, reps, batch=64,
+                                                     windows=64 if args.quick else 256,
+                                                     new_tokens=4 if args.quick else 64,
+                                                     prompt_tokens=16 if args.quick else 128)
+            print_suite("collect --generate (batches of --batch-size prompts vs one chunk)", results["generate"])
         if "collect" in only:
             results["collect"] = collect.run_suite(setup, reps)
             print_suite("collect", results["collect"])

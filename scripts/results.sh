@@ -331,7 +331,7 @@ MTP_CACHE=${MTP_CACHE:-cache/smollm2-gen}
 MTP_RUNS=${MTP_RUNS:-runs/mtp-corpus}  # the heads are $MTP_RUNS-1l and $MTP_RUNS-2l
 GEN_MORE=${GEN_MORE:-7680}  # 1,920 articles
 mtp_gen_more() {
-  $SGDD collect "${SMOL[@]}" --generate --max-new-tokens 192 --split train:$GEN_MORE --out cache/smollm2-gen-$GEN_MORE
+  $SGDD collect "${SMOL[@]}" --batch-size 64 --generate --max-new-tokens 192 --split train:$GEN_MORE --out cache/smollm2-gen-$GEN_MORE
   $SGDD collect "${SMOL[@]}" --generate --max-new-tokens 192 --split test:48 --out cache/smollm2-gen-test
 }
 mtp_corpus() {

@@ -13,7 +13,7 @@ from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
 from sgdd.stages.collect.sources.rows import window_starts
 from sgdd.stages import collect
-from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir
+from tests.helpers_lm import DOCUMENTS, SENTENCES, build_causal_lm_dir
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +140,32 @@ def test_generated_chunks_are_reused_on_resume(lm_dir, docs, tmp_path, monkeypat
     clean = open_cache(collect.run(config(lm_dir, docs, tmp_path / "clean", generate=True, max_new_tokens=4,
                                           shard_size=4))).split("train")
     assert resumed.column("id") == clean.column("id") and resumed.column("input_ids") == clean.column("input_ids")
+
+
+def test_generation_batches_span_chunks_up_to_the_batch_size(lm_dir, tmp_path, monkeypatch):
+    from sgdd.models.causal_lm import FrozenCausalLM
+    from sgdd.stages.collect.sources.rows import DOCUMENT_CHUNK
+
+    docs = tmp_path / "docs.txt"  # 40 distinct documents: chunks of 16, 16 and 8
+    docs.write_text("\n".join(f"{d} {SENTENCES[i]}" for i in range(5) for d in DOCUMENTS) + "\n")
+    batches = []
+
+    def mark(prompt):  # a continuation that depends on its whole prompt
+        return [hash(tuple(prompt)) % 50 + 3] * 3
+
+    def fake_generate(self, prompts, max_new_tokens):
+        batches.append(len(prompts))
+        return [mark(p) for p in prompts]
+
+    monkeypatch.setattr(FrozenCausalLM, "generate", fake_generate)
+    split = open_cache(collect.run(config(lm_dir, docs, tmp_path / "c", generate=True, max_new_tokens=3,
+                                          batch_size=40, sample_size=64, stride=64))).split("train")
+    assert batches == [40] and 40 > 2 * DOCUMENT_CHUNK  # one forward for three chunks' prompts
+    rows = dict(zip(split.column("sample_id"), split.column("input_ids")))
+    assert len(rows) == 40
+    assert len({tuple(ids) for ids in rows.values()}) == 40
+    for ids in rows.values():
+        assert ids[-3:] == mark(ids[:-3])  # each document's own prompt, then its own continuation
 
 
 def test_hidden_chunks_favour_single_position_reads_and_skip_padding(lm_dir, docs, tmp_path):

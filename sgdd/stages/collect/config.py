@@ -48,7 +48,8 @@ class CollectConfig:
     generate: bool = doc(False, "Causal LM: collect on the model's own greedy continuation of each document "
                          "(self-distillation) instead of the document alone.")
     max_new_tokens: int = doc(128, "Causal LM with --generate: tokens generated per prompt (fewer if it ends).")
-    batch_size: int | None = doc(None, "Sequences per forward pass; default 128 sentences (8 windows for a causal LM).")
+    batch_size: int | None = doc(None, "Sequences per forward pass; default 128 sentences (8 windows for a causal LM). "
+                                           "With --generate, also the prompts generated together.")
     shard_size: int | None = doc(None, "Rows per committed shard; default 8192 (256 windows for a causal LM).")
     device: str = doc("auto", "auto, cpu, cuda or cuda:N (under torchrun: each rank its local GPU).")
     precision: str = doc("auto", "Encoder compute precision: auto (bf16 autocast where the hardware computes bf16 natively and faster: AMX / AVX-512 BF16 CPUs, bf16 GPUs; else fp32), fp32, bf16, fp16.")

@@ -11,6 +11,7 @@ length-bucketed batches (``encode``); ``load_mode`` picks the mode and loads its
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -25,8 +26,8 @@ from sgdd.io import write_json_atomic
 from sgdd.runtime import Precision
 from sgdd.stages.collect.config import CollectConfig
 from sgdd.stages.collect.ranks import BARRIER_TIMEOUT, CollectRanks
-from sgdd.stages.collect.sources.base import Source, count
-from sgdd.stages.collect.sources.rows import document_chunks, pair_rows, sentence_rows, window_rows
+from sgdd.stages.collect.sources.base import Record, Source, count
+from sgdd.stages.collect.sources.rows import DOCUMENT_CHUNK, document_chunks, pair_rows, sentence_rows, window_rows
 
 SHARD_SIZES = {"sentences": 8192, "pairs": 8192, "windows": 256}  # default --shard-size per kind
 BATCH_SIZES = {"sentences": 128, "pairs": 128, "windows": 8}  # default --batch-size per kind
@@ -164,8 +165,9 @@ class WindowMode:
 
     def rows(self, split: str, stats: dict, split_dir: Path, ranks: CollectRanks) -> Iterator[dict]:
         chunks = document_chunks(self.source.documents(split, stats), self.model.tokenizer, stats)
-        extend = Continuations(self, split_dir, ranks, stats) if self.cfg.generate else None
-        return window_rows(chunks, self.model.tokenizer, self.cfg, stats, extend)
+        if self.cfg.generate:
+            chunks = Continuations(self, split_dir, ranks, stats).extend(chunks)
+        return window_rows(chunks, self.model.tokenizer, self.cfg, stats)
 
     def encode(self, rows: list[dict], shard: ShardBuilder) -> dict[str, list]:
         n, S, H = len(rows), self.cfg.sample_size, self.model.hidden_size
@@ -187,44 +189,61 @@ class Continuations:
     """``--generate``: the model's greedy continuation of every document (the prompt, cut to
     sample_size tokens). Chunk c of the document stream is generated once, by rank
     c % world, and kept in ``<split>/generated/`` until the split is complete, so neither a
-    resumed collect nor the other ranks generate it again."""
+    resumed collect nor the other ranks generate it again. Chunks are read in groups that give
+    every rank --batch-size prompts, and a rank generates the chunks it owns in a group together:
+    a chunk holds fewer documents than a batch."""
 
     def __init__(self, mode: WindowMode, split_dir: Path, ranks: CollectRanks, stats: dict):
         self.mode, self.dir, self.ranks, self.stats = mode, split_dir / fmt.GENERATED_DIR, ranks, stats
+        self.group = -(-mode.batch_size * ranks.world // DOCUMENT_CHUNK)  # chunks read before generating
 
-    def __call__(self, c: int, prompts: list[list[int]]) -> list[list[int]]:
+    def extend(self, chunks: Iterator[list[tuple[Record, list[int]]]]) -> Iterator[list[tuple[Record, list[int]]]]:
+        """The chunks with each document's tokens replaced by its prompt + continuation."""
+        numbered = enumerate(chunks)
+        while group := list(itertools.islice(numbered, self.group)):
+            prompts = {c: self._prompts(chunk) for c, chunk in group}
+            self._generate({c: p for c, p in prompts.items() if self.ranks.owns(c) and not self._path(c).is_file()})
+            for c, chunk in group:
+                conts = self._continuations(c, len(chunk))
+                yield [(record, p + cont) for (record, _), p, cont in zip(chunk, prompts[c], conts)]
+
+    def _path(self, c: int) -> Path:
+        return self.dir / f"chunk-{c:05d}.json"
+
+    def _prompts(self, chunk: list[tuple[Record, list[int]]]) -> list[list[int]]:
         size = self.mode.cfg.sample_size
-        count(self.stats, "prompt_truncated", sum(len(p) > size for p in prompts))
-        prompts = [p[:size] for p in prompts]
-        path = self.dir / f"chunk-{c:05d}.json"
-        if not path.is_file():
-            if self.ranks.owns(c):
-                self._generate(prompts, path)
-            else:
-                self._wait(path)
-        saved = json.loads(path.read_text())
-        if saved["prompts"] != len(prompts):
-            raise SgddError(f"{path} continues {saved['prompts']} prompts, the source now gives {len(prompts)}; "
-                            "the source changed: pass --overwrite")
-        return [p + cont for p, cont in zip(prompts, saved["continuations"])]
+        count(self.stats, "prompt_truncated", sum(len(ids) > size for _, ids in chunk))
+        return [ids[:size] for _, ids in chunk]
 
-    def _generate(self, prompts: list[list[int]], path: Path) -> None:
-        conts: list[list[int]] = [[] for _ in prompts]
-        for idx in length_batches([len(p) for p in prompts], self.mode.batch_size):
-            for i, cont in zip(idx, self.mode.model.generate([prompts[i] for i in idx], self.mode.cfg.max_new_tokens)):
-                conts[i] = cont
+    def _generate(self, prompts: dict[int, list[list[int]]]) -> None:
+        """Continue the prompts of several chunks in batches of --batch-size; one file per chunk."""
+        flat = [(c, j) for c, ps in prompts.items() for j in range(len(ps))]
+        conts = {c: [[] for _ in ps] for c, ps in prompts.items()}
+        for idx in length_batches([len(prompts[c][j]) for c, j in flat], self.mode.batch_size):
+            batch = [flat[i] for i in idx]
+            for (c, j), cont in zip(batch, self.mode.model.generate([prompts[c][j] for c, j in batch],
+                                                                      self.mode.cfg.max_new_tokens)):
+                conts[c][j] = cont
         try:
             self.dir.mkdir(exist_ok=True)
-            write_json_atomic(path, {"prompts": len(prompts), "continuations": conts})
+            for c, cs in conts.items():
+                write_json_atomic(self._path(c), {"prompts": len(cs), "continuations": cs})
         except OSError as e:
-            raise io_error(f"writing {path}", e) from None
+            raise io_error(f"writing {self.dir}", e) from None
 
-    def _wait(self, path: Path) -> None:
+    def _continuations(self, c: int, n: int) -> list[list[int]]:
+        """Chunk c's saved continuations (waiting for the rank that owns it)."""
+        path = self._path(c)
         deadline = time.time() + BARRIER_TIMEOUT.total_seconds()
         while not path.is_file():
             if time.time() > deadline:
-                raise SgddError(f"waited too long for {path} from rank {int(path.stem.split('-')[1]) % self.ranks.world}")
+                raise SgddError(f"waited too long for {path} from rank {c % self.ranks.world}")
             time.sleep(0.1)
+        saved = json.loads(path.read_text())
+        if saved["prompts"] != n:
+            raise SgddError(f"{path} continues {saved['prompts']} prompts, the source now gives {n}; "
+                            "the source changed: pass --overwrite")
+        return saved["continuations"]
 
 
 MODES = {"sentences": SentenceMode, "pairs": PairMode, "windows": WindowMode}

@@ -110,17 +110,13 @@ def document_chunks(docs: Iterator[Record], tokenizer, stats: dict) -> Iterator[
         yield chunk
 
 
-def window_rows(chunks: Iterator[list[tuple[Record, list[int]]]], tokenizer, cfg, stats: dict,
-                extend: Callable[[int, list[list[int]]], list[list[int]]] | None = None) -> Iterator[dict]:
-    """Window rows (id, sample_id, text, input_ids, length) over each document's tokens;
-    ``extend(chunk_index, token_lists)`` may replace a chunk's token lists (--generate:
-    prompt + the model's continuation). output_ids come from the model, later."""
-    for c, chunk in enumerate(chunks):
-        ids_list = [ids for _, ids in chunk]
-        if extend is not None:
-            ids_list = extend(c, ids_list)
+def window_rows(chunks: Iterator[list[tuple[Record, list[int]]]], tokenizer, cfg, stats: dict) -> Iterator[dict]:
+    """Window rows (id, sample_id, text, input_ids, length) over each document's tokens (with
+    --generate, the chunks already hold prompt + the model's continuation). output_ids come from
+    the model, later."""
+    for chunk in chunks:
         windows = []
-        for (r, _), ids in zip(chunk, ids_list):
+        for r, ids in chunk:
             for start in window_starts(len(ids), cfg.sample_size, cfg.stride):
                 windows.append((r.id, start, ids[start : start + cfg.sample_size]))
         texts = tokenizer.batch_decode([w for _, _, w in windows], skip_special_tokens=False)
