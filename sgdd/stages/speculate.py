@@ -176,11 +176,11 @@ def summary(greedy_runs: list[Generation], spec_runs: list[Generation], block_le
         "verification_passes": len(passes),
         "drafted_per_pass": sum(n for g in spec_runs for n in g.drafted) / max(len(passes), 1),
         "tokens": tokens,
-        "greedy": {"seconds": round(g_sec, 4), "tokens_per_s": tokens / max(g_sec, 1e-9),
+        "greedy": {"seconds": g_sec, "tokens_per_s": tokens / max(g_sec, 1e-9),
                    "forward_passes": sum(g.forwards for g in greedy_runs)},
-        "speculative": {"seconds": round(s_sec, 4), "tokens_per_s": tokens / max(s_sec, 1e-9),
+        "speculative": {"seconds": s_sec, "tokens_per_s": tokens / max(s_sec, 1e-9),
                         "forward_passes": sum(g.forwards for g in spec_runs),
-                        "draft_seconds": round(sum(g.draft_seconds for g in spec_runs), 4)},
+                        "draft_seconds": sum(g.draft_seconds for g in spec_runs)},
         "speedup": g_sec / max(s_sec, 1e-9),
     }
 
