@@ -126,8 +126,8 @@ def main() -> None:
             llm = collect_llm.pick_llm(workdir, args.quick)
             docs = write_corpus(workdir / "documents.txt", 200, args.quick, documents=True)
             results["generate"] = generate.run_suite(llm, docs, workdir, reps, batch=64,
-                                                     windows=64 if args.quick else 256,
-                                                     new_tokens=4 if args.quick else 64,
+                                                     windows=64 if args.quick else 128,
+                                                     new_tokens=4 if args.quick else 32,
                                                      prompt_tokens=16 if args.quick else 128)
             print_suite("collect --generate (batches of --batch-size prompts vs one chunk)", results["generate"])
         if "collect" in only:
