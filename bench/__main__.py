@@ -116,15 +116,14 @@ def main() -> None:
               f"{'yes' if m['bf16_native'] else 'no'}), {m['threads']} threads, torch {m['torch']}, "
               f"GPU: {m['cuda'] or 'none'}")
         cache_dir = run_dir = None
-        if "collect_llm" in only:
+        if {"collect_llm", "generate"} & set(only):
             llm = collect_llm.pick_llm(workdir, args.quick)
             docs = write_corpus(workdir / "documents.txt", 200, args.quick, documents=True)
+        if "collect_llm" in only:
             results["collect_llm"] = collect_llm.run_suite(llm, docs, workdir, reps, windows=8 if args.quick else 40,
                                                            sample_size=64 if args.quick else 512)
             print_suite("collect (LLM mode)", results["collect_llm"])
         if "generate" in only:
-            llm = collect_llm.pick_llm(workdir, args.quick)
-            docs = write_corpus(workdir / "documents.txt", 200, args.quick, documents=True)
             results["generate"] = generate.run_suite(llm, docs, workdir, reps, batch=64,
                                                      windows=64 if args.quick else 128,
                                                      new_tokens=4 if args.quick else 32,

@@ -167,7 +167,7 @@ class WindowMode:
         chunks = document_chunks(self.source.documents(split, stats), self.model.tokenizer, stats)
         if self.cfg.generate:
             chunks = Continuations(self, split_dir, ranks, stats).extend(chunks)
-        return window_rows(chunks, self.model.tokenizer, self.cfg, stats)
+        return window_rows(chunks, self.model.tokenizer, self.cfg)
 
     def encode(self, rows: list[dict], shard: ShardBuilder) -> dict[str, list]:
         n, S, H = len(rows), self.cfg.sample_size, self.model.hidden_size

@@ -110,7 +110,7 @@ def document_chunks(docs: Iterator[Record], tokenizer, stats: dict) -> Iterator[
         yield chunk
 
 
-def window_rows(chunks: Iterator[list[tuple[Record, list[int]]]], tokenizer, cfg, stats: dict) -> Iterator[dict]:
+def window_rows(chunks: Iterator[list[tuple[Record, list[int]]]], tokenizer, cfg) -> Iterator[dict]:
     """Window rows (id, sample_id, text, input_ids, length) over each document's tokens (with
     --generate, the chunks already hold prompt + the model's continuation). output_ids come from
     the model, later."""
