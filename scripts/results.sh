@@ -7,6 +7,7 @@
 #   bash scripts/results.sh recon-cpu-collect recon-cpu eval-recon-cpu recon-cpu-ablations eval-recon-cpu-ablations
 #   bash scripts/results.sh recon-fast eval-recon-fast recon-cpu-cheap eval-recon-cpu-cheap   (the cheaper steps)
 #   RUN=runs/recon-cpu-cheap bash scripts/results.sh tune-recon-search eval-recon-search   (test-time search, chosen on validation)
+#   bash scripts/results.sh recon-cpu-collect recon-cpu-200k eval-recon-cpu-200k   (the preset on 200,000 sentences)
 #   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen tune-mtp-draft eval-mtp-draft   (the MTP head as a speculative decoder)
 #   bash scripts/results.sh spec-2threads tune-draft-floor tune-draft-width; WIDTH=K bash scripts/results.sh eval-draft-width
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
@@ -105,13 +106,20 @@ eval_ablations() {
 # trained word embeddings and the full training softmax: PREFIX_RECIPE restores it.
 PREFIX_RECIPE=(--set model.conditioning=prefix --set model.cond_tokens=8 --set optim.freeze_embeddings=false
                --set diffusion.loss_vocab=0)
-recon_cpu_collect() { $SGDD collect --config configs/recon-cpu.yaml; }
+# Those runs, and the cheaper-step run, trained on cache/recon32 (40,000 training sentences); the preset now
+# collects 200,000 (cache/recon32-200k). RECON40K points a run at the smaller cache.
+RECON40K=(--config configs/recon-cpu.yaml --cache cache/recon32)
+recon_cpu_collect() {  # the 40,000-sentence cache of the older runs, and the preset's own
+  $SGDD collect --config configs/recon-cpu.yaml --split train:40000 --split validation:500 --split test:2000 \
+    --out cache/recon32
+  $SGDD collect --config configs/recon-cpu.yaml
+}
 recon_cpu() {  # the recipe; MINUTES overrides the preset's 120-minute budget
-  train runs/recon-cpu --config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --set optim.max_minutes="${MINUTES:-120}"
+  train runs/recon-cpu "${RECON40K[@]}" "${PREFIX_RECIPE[@]}" --set optim.max_minutes="${MINUTES:-120}"
 }
 recon_cpu_ablations() {  # each ABL_MINUTES (default 12; RESULTS.md used 10) minutes, one change from the recipe each
   local m=${ABL_MINUTES:-12}
-  local base=(--config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --set optim.max_minutes="$m" --set eval_every=0)
+  local base=("${RECON40K[@]}" "${PREFIX_RECIPE[@]}" --set optim.max_minutes="$m" --set eval_every=0)
   train runs/abl12-recipe "${base[@]}"
   train runs/abl12-scratch-adaln "${base[@]}" --set model.init_body=none --set model.conditioning=adaln \
     --set model.n_layers=4 --set model.d_model=256 --set model.n_heads=4
@@ -121,7 +129,7 @@ recon_cpu_ablations() {  # each ABL_MINUTES (default 12; RESULTS.md used 10) min
 }
 quickstart_batch() {  # the quickstart's batch size: 12 minutes each, two runs side by side on one thread each,
   # validation on 512 sentences (eval_batches x batch_size; 256 for exp-B32, as it was run); RESULTS.md section 0
-  local base=(--config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --set optim.max_minutes=12 --set eval_every=100000
+  local base=("${RECON40K[@]}" "${PREFIX_RECIPE[@]}" --set optim.max_minutes=12 --set eval_every=100000
               --set save_every=100000)
   OMP_NUM_THREADS=1 train runs/exp-A "${base[@]}" --set optim.batch_size=64 --set eval_batches=8 &
   OMP_NUM_THREADS=1 train runs/exp-B32 "${base[@]}" --set optim.batch_size=32 --set eval_batches=8 &
@@ -134,7 +142,7 @@ quickstart_batch() {  # the quickstart's batch size: 12 minutes each, two runs s
 recon_fast() {  # cheaper steps for the quickstart's 12-minute budget: the quickstart's training settings on
   # cache/recon32, 12 minutes each, two runs side by side on one thread each, validation on 512 sentences at
   # the end, then BLEU on 200 validation sentences (RESULTS.md section 0)
-  local base=(--config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --set optim.max_minutes=12 --set optim.batch_size=32
+  local base=("${RECON40K[@]}" "${PREFIX_RECIPE[@]}" --set optim.max_minutes=12 --set optim.batch_size=32
               --set model.vocab=corpus --set optim.warmup_steps=50 --set eval_every=0 --set save_every=100000
               --set eval_batches=16)
   OMP_NUM_THREADS=1 train runs/fast-base "${base[@]}" &
@@ -156,12 +164,12 @@ eval_recon_fast() {
   wait
 }
 recon_cpu_b32() {  # the recipe at batch 32, its 120-minute schedule, stopped after 41 minutes (two threads)
-  OMP_NUM_THREADS=2 timeout 2460 $SGDD train --config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --out runs/recon-cpu-b32 \
+  OMP_NUM_THREADS=2 timeout 2460 $SGDD train "${RECON40K[@]}" "${PREFIX_RECIPE[@]}" --out runs/recon-cpu-b32 \
     --set optim.batch_size=32 --set eval_batches=16 --set eval_every=500 --set save_every=200 || true
 }
 recon_cpu_cheap() {  # configs/recon-cpu.yaml as it is (AdaLN, frozen embeddings, the sampled softmax), its
   # 120-minute budget on two threads (MINUTES overrides it); RESULTS.md section 0 compares it with runs/recon-cpu
-  OMP_NUM_THREADS=2 train runs/recon-cpu-cheap --config configs/recon-cpu.yaml --set optim.max_minutes="${MINUTES:-120}"
+  OMP_NUM_THREADS=2 train runs/recon-cpu-cheap "${RECON40K[@]}" --set optim.max_minutes="${MINUTES:-120}"
 }
 corpus_vocab_speed() {  # model.vocab corpus against full: seconds for steps 10-40 of the recipe at batch 32,
   # alternating, two threads, at the quickstart's 12,000 sentences and at recon-cpu's 40,000
@@ -169,7 +177,7 @@ corpus_vocab_speed() {  # model.vocab corpus against full: seconds for steps 10-
   for rows in 12000 40000; do
     for vocab in full corpus full corpus; do
       rm -rf runs/speed-$vocab
-      OMP_NUM_THREADS=2 $SGDD train --config configs/recon-cpu.yaml "${PREFIX_RECIPE[@]}" --out runs/speed-$vocab \
+      OMP_NUM_THREADS=2 $SGDD train "${RECON40K[@]}" "${PREFIX_RECIPE[@]}" --out runs/speed-$vocab \
         --set model.vocab=$vocab \
         --set optim.batch_size=32 --set optim.max_steps=40 --set optim.max_minutes=null --set val_split=null \
         --set eval_every=0 --set save_every=0 --set log_every=10 --set max_train_samples=$rows
@@ -220,6 +228,19 @@ eval_recon_search() {  # what tune-recon-search chose (a length beam of 4, four 
   OMP_NUM_THREADS=1 $SGDD eval --run $run --split validation "${s[@]}" --out $run/search-validation-beam4-refine4x4 &
   OMP_NUM_THREADS=1 $SGDD eval --run $run --split test "${s[@]}" --out $run/eval-test-beam4-refine4x4 &
   wait
+}
+recon_cpu_200k() {  # configs/recon-cpu.yaml as it is: 200,000 sentences, its 120-minute budget on two threads
+  # (RESULTS.md 0b; the run there is runs/recon-cpu-zen5)
+  OMP_NUM_THREADS=2 train "${RUN:-runs/recon-cpu-zen5}" --config configs/recon-cpu.yaml --set optim.max_minutes="${MINUTES:-120}"
+}
+eval_recon_cpu_200k() {  # the preset's one decode of the 600 test sentences, and the search tune-recon-search chose
+  # (length beam 4, then four rounds of four candidates with the encoder as judge) on the first 100
+  local run=${RUN:-runs/recon-cpu-zen5}
+  OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 600 --steps 16 --repetition-penalty 2 \
+    --out $run/eval-test
+  OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4 \
+    --refine encoder --refine-steps 4 --refine-candidates 4 --metric token_accuracy --metric bleu --metric encoder_cosine \
+    --out $run/eval-test-beam4-refine4x4
 }
 eval_recon_cpu_ablations() {
   for run in runs/abl12-recipe runs/abl12-scratch-adaln runs/abl12-pads runs/abl12-iid runs/abl12-body-adaln; do

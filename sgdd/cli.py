@@ -18,6 +18,7 @@ import click
 
 from sgdd.config import apply_overrides, load_yaml, parse_set
 from sgdd.errors import SgddError
+from sgdd.models.fewrows import ONE_ROW_FORMS
 from sgdd.pipeline.run import RunConfig
 from sgdd.stages.collect.config import CollectConfig
 from sgdd.stages.evaluate.config import EvalConfig
@@ -74,6 +75,7 @@ CHOICES: dict[tuple[type, str], list[str]] = {
     (EvalConfig, "candidate_samplers"): ["maskgit_plus", "random", "entropy", "topk_margin", "llada", "threshold"],
     (EvalConfig, "schedule"): ["cosine", "linear", "square", "cubic", "sqrt"],
     (EvalConfig, "precision"): PRECISIONS,
+    (SpeculateConfig, "one_row"): ["auto", *ONE_ROW_FORMS],
 }
 # Fields whose option is named otherwise than the field: a flattened name that would mean different
 # things in different commands, or a clearer name (--cache for the field `shards`, which names a

@@ -13,6 +13,7 @@ from sgdd.cache import open_cache
 from sgdd.cli import cli
 from sgdd.decoding.samplers import Sampling
 from sgdd.decoding.speculate import BaseLM, HeadDrafter, TreeDraft, draft_vocabulary, greedy, speculate
+from sgdd.models import fewrows
 from sgdd.models.decoder import Decoder
 from sgdd.models.decoder import DecoderConfig
 from sgdd.stages.collect.config import CollectConfig
@@ -73,10 +74,26 @@ class Oracle:
         return [(t + 1) % self.vocab if self.rng.random() < self.noise else t for t in out]
 
 
-def test_greedy_loop_matches_transformers_generate(lm, prompts):
+@pytest.mark.parametrize("one_row", ["linear", "padded"])
+def test_greedy_loop_matches_transformers_generate(lm, prompts, one_row):
+    fewrows.use_few_rows(lm.model)
+    fewrows.set_one_row(lm.model, "linear")  # the reference's one-row steps as F.linear
+    refs = [hf_greedy(lm, prompt, 24) for prompt in prompts]
+    base = BaseLM(lm, one_row=one_row)
+    assert base.one_row == one_row and base.one_row_ms == {}
+    assert all(layer.one_row == one_row for layer in lm.model.modules() if isinstance(layer, fewrows.FewRowsLinear))
+    for prompt, ref in zip(prompts, refs):
+        assert greedy(base, prompt, 24).tokens == ref
+
+
+def test_auto_times_both_one_row_forms_and_keeps_the_faster(lm, prompts):
     base = BaseLM(lm)
-    for prompt in prompts:
-        assert greedy(base, prompt, 24).tokens == hf_greedy(lm, prompt, 24)
+    assert set(base.one_row_ms) == set(fewrows.ONE_ROW_FORMS) and all(ms > 0 for ms in base.one_row_ms.values())
+    assert base.one_row == min(base.one_row_ms, key=base.one_row_ms.get)
+    assert base.length == 0 and base.forwards == 0  # the timing left no sequence behind
+    assert greedy(base, prompts[1], 12).tokens == hf_greedy(lm, prompts[1], 12)
+    with pytest.raises(ValueError, match="one-row form 'gemv'"):
+        BaseLM(lm, one_row="gemv")
 
 
 @pytest.mark.parametrize("sampler,passes", [("maskgit_plus", 1), ("maskgit_plus", 3), ("random", 2), ("threshold", 2)])

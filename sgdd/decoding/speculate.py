@@ -113,21 +113,43 @@ class BaseLM:
     transformer, LM ``head``, ``device``, ``precision``). ``layer``: the hidden state the MTP
     head was trained on (-1 = the LM head's input, as the cache stored it); ``stored_dtype``:
     the cache's dtype of it, so the head sees h rounded as in training. On CPU the model's linear
-    layers compute a verification's few rows as W @ x^T and a greedy step's one row as
-    ``F.linear`` (:mod:`sgdd.models.fewrows`, the faster form of each; ``few_rows=False`` leaves
-    the model as it is); both loops use the same layers."""
+    layers compute a verification's few rows as W @ x^T (:mod:`sgdd.models.fewrows`;
+    ``few_rows=False`` leaves the model as it is) and a greedy step's one row in the form
+    ``one_row`` names: ``auto`` times both forms on a short prompt and keeps the faster
+    (``one_row_ms``). Both loops use the same layers."""
 
-    def __init__(self, lm, layer: int = -1, stored_dtype: torch.dtype = torch.float32, few_rows: bool = True):
+    def __init__(self, lm, layer: int = -1, stored_dtype: torch.dtype = torch.float32, few_rows: bool = True,
+                 one_row: str = "auto"):
         self.lm, self.layer, self.stored_dtype = lm, layer, stored_dtype
         self.device: torch.device = lm.device
-        if few_rows and self.device.type == "cpu":
-            fewrows.use_few_rows(lm.model)
         self.precision: Precision = lm.precision
         self.cache = None
         self.forwards = 0
         # transformers >= 5.x names the argument ``cache`` (``past_key_values`` is deprecated there)
         params = inspect.signature(lm.base.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.one_row, self.one_row_ms = "linear", {}
+        if one_row != "auto" and one_row not in fewrows.ONE_ROW_FORMS:
+            raise ValueError(f"unknown one-row form {one_row!r} (use auto, {', '.join(fewrows.ONE_ROW_FORMS)})")
+        if few_rows and self.device.type == "cpu":
+            fewrows.use_few_rows(lm.model)
+            if one_row == "auto":
+                self.one_row, self.one_row_ms = self._fastest_one_row()
+            else:
+                fewrows.set_one_row(lm.model, one_row)
+                self.one_row = one_row
+
+    def _fastest_one_row(self, prompt_tokens: int = 32) -> tuple[str, dict[str, float]]:
+        """:func:`sgdd.models.fewrows.fastest_one_row` over one greedy step after a short prompt."""
+        self.start([i % self.lm.model.config.vocab_size for i in range(1, prompt_tokens + 1)], hidden=False)
+
+        def step() -> None:
+            self.extend([1], hidden=False)
+            self.rollback(prompt_tokens)
+
+        found = fewrows.fastest_one_row(self.lm.model, step)
+        self.cache, self.forwards = None, 0
+        return found
 
     @property
     def length(self) -> int:

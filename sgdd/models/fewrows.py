@@ -6,41 +6,60 @@ takes about twice as long as for one row, although both read the same weights on
 W @ x^T, the weight is the large left operand and the cost stays nearer the one-row cost: on an
 AMD EPYC (AVX2, fp32, one thread), a 4-token forward of SmolLM2-135M took 135 and 133 ms in this
 form against 158 and 146 ms with ``F.linear``, in two runs (BENCHMARKS.md section 5; ``python -m
-bench --only fewrows`` measures it on the machine at hand). Above ``FEW_ROWS`` rows, at one row,
-and off the CPU, ``F.linear`` is kept: at one row (a greedy step) the weight-major form measured
-0.89x and 1.19x its speed on one thread, 0.83x on two (BENCHMARKS.md section 5). Users:
+bench --only fewrows`` measures it on the machine at hand). Above ``FEW_ROWS`` rows and off the
+CPU, ``F.linear`` is kept; at one row (a greedy step) it is the default: there W @ x^T of one
+column measured 0.89x and 1.19x its speed on one thread, 0.83x on two (BENCHMARKS.md section 5). Users:
 the base model of ``sgdd speculate`` (converted with :func:`use_few_rows`), the MTP head that
 drafts for it, and every decoder's vocabulary projection (``project_logits``).
 
-The two forms are the same product in another summation order, so results agree to rounding,
-not bit for bit; greedy and speculative loops that are compared with each other use the same form.
+One row has a form of its own. ``F.linear`` at one row is a matrix-vector product, which the CPU
+BLAS may run on one thread: on a 2-core AMD EPYC of family 26 (Zen 5, AVX-512), a one-row forward of
+SmolLM2-135M took 42 ms and a two-row one in the W @ x^T form 26 ms (``python -m bench --only
+fewrows``). ``one_row="padded"`` computes the row twice, as that two-column product, and keeps one.
+Which form is faster depends on the CPU and its threads: :func:`fastest_one_row` times both.
+
+The forms are the same product in another summation order, so results agree to rounding, not bit
+for bit; greedy and speculative loops that are compared with each other use the same layers.
 """
 
 from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 FEW_ROWS = 8  # 2 to this many rows: W @ x^T (it still won at 8 rows; at 16-64 the two forms are close)
+ONE_ROW_FORMS = ("linear", "padded")  # one row: F.linear, or the row twice as W @ x^T
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` [..., N], as W @ x^T where x has few rows on CPU."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           one_row: str = "linear") -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` [..., N], as W @ x^T where x has few rows on CPU (and at one
+    row with ``one_row="padded"``)."""
     rows = x.numel() // x.shape[-1]
-    if x.device.type != "cpu" or not 2 <= rows <= FEW_ROWS:
+    if x.device.type != "cpu" or rows > FEW_ROWS or (rows == 1 and one_row == "linear"):
         return F.linear(x, weight, bias)
-    y = torch.mm(weight, x.reshape(rows, -1).t()).t().contiguous()  # [rows, N]
+    xt = x.reshape(rows, -1).t()  # [K, rows]
+    if rows == 1:
+        xt = xt.expand(-1, 2).contiguous()  # the row twice: a GEMM the BLAS threads, not a GEMV
+    y = torch.mm(weight, xt)[:, :rows].t().contiguous()  # [rows, N]
     if bias is not None:
         y = y + bias
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
 class FewRowsLinear(nn.Linear):
-    """An ``nn.Linear`` whose forward is :func:`linear` (same parameters, same state dict)."""
+    """An ``nn.Linear`` whose forward is :func:`linear` (same parameters, same state dict);
+    ``one_row`` is its form at one row (:func:`set_one_row`)."""
+
+    one_row = "linear"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.one_row)
 
 
 def use_few_rows(module: nn.Module) -> int:
@@ -52,3 +71,31 @@ def use_few_rows(module: nn.Module) -> int:
             layer.__class__ = FewRowsLinear
             changed += 1
     return changed
+
+
+def set_one_row(module: nn.Module, form: str) -> None:
+    """The one-row form (``ONE_ROW_FORMS``) of every :class:`FewRowsLinear` inside ``module``."""
+    if form not in ONE_ROW_FORMS:
+        raise ValueError(f"unknown one-row form {form!r} (use {', '.join(ONE_ROW_FORMS)})")
+    for layer in module.modules():
+        if isinstance(layer, FewRowsLinear):
+            layer.one_row = form
+
+
+def fastest_one_row(module: nn.Module, step: Callable[[], None], repeats: int = 5) -> tuple[str, dict[str, float]]:
+    """Time ``step`` (e.g. one token through the model) with ``module``'s layers in each one-row
+    form, alternating, and leave them in the faster -> (form, median milliseconds per form)."""
+    times: dict[str, list[float]] = {form: [] for form in ONE_ROW_FORMS}
+    for form in ONE_ROW_FORMS:  # warm-up: the first calls allocate
+        set_one_row(module, form)
+        step()
+    for _ in range(repeats):
+        for form in ONE_ROW_FORMS:
+            set_one_row(module, form)
+            began = time.perf_counter()
+            step()
+            times[form].append((time.perf_counter() - began) * 1000)
+    ms = {form: statistics.median(t) for form, t in times.items()}
+    best = min(ms, key=ms.get)
+    set_one_row(module, best)
+    return best, ms

@@ -76,6 +76,10 @@ class SpeculateConfig:
                            "head's best draft, the next K-1 candidates of its position are verified in the same "
                            "forward, as a tree (each token sees only its ancestors). E.g. 2,1,1. Other than all "
                            "ones, needs --draft-passes 1.")
+    one_row: str = doc("auto", "How the base model computes one row (a greedy step) on CPU, in both loops: linear "
+                       "(F.linear, a matrix-vector product), padded (the row twice as W @ x^T, a matrix product "
+                       "the BLAS spreads over its threads) or auto (times both at start and keeps the faster; "
+                       "the report names the choice).")
     draft_vocab: int | None = doc(4096, "Draft only the N tokens most frequent among the run's training labels (the "
                                   "base model's next tokens in its cache's training split); null = the whole "
                                   "vocabulary. The output is the base model's greedy output either way. A draft "
@@ -216,7 +220,9 @@ def write_markdown(report: dict, out: Path, picture: Path | None) -> None:
         f"- base model `{report['model']}`" + (f" ({report['gguf_file']})" if report.get("gguf_file") else "")
         + f", hidden state layer {report['layer']} stored as {report['hidden_dtype']}",
         f"- {report['prompts']} prompts, up to {report['max_new_tokens']} new tokens each; device {report['device']}, "
-        f"precision {report['precision']}, {report['threads']} threads",
+        f"precision {report['precision']}, {report['threads']} threads, one-row form {report['one_row']}"
+        + (" (" + ", ".join(f"{k} {v:.1f} ms" for k, v in report["one_row_ms"].items()) + " a step)"
+           if report.get("one_row_ms") else ""),
         f"- identical to greedy: **{report['identical_to_greedy']}**",
         "",
         "| loop | tokens | seconds | tokens/s | base forwards |",
@@ -271,7 +277,8 @@ def run(cfg: SpeculateConfig) -> Path:
         raise SgddError(f"the head takes {head.cond_dim}-d conditions, the base model's hidden size is {lm.hidden_size}")
     base_vocab = int(info.get("base_vocab_size") or info["vocab_size"] - 1)
     eos = lm.special_ids()["eos_id"]
-    base = BaseLM(lm, settings.get("layer", -1), fmt.STORED_DTYPES[settings.get("dtype", "fp32")][1])
+    base = BaseLM(lm, settings.get("layer", -1), fmt.STORED_DTYPES[settings.get("dtype", "fp32")][1],
+                  one_row=cfg.one_row)
     seed_everything(cfg.seed)
     vocab = None
     if cfg.draft_vocab is not None:
@@ -305,6 +312,7 @@ def run(cfg: SpeculateConfig) -> Path:
         "model": lm.name, "gguf_file": collected.get("gguf_file"), "layer": base.layer,
         "hidden_dtype": settings.get("dtype"), "collect_precision": settings.get("precision"),
         "device": str(device), "precision": precision.name, "threads": torch.get_num_threads(),
+        "one_row": base.one_row, "one_row_ms": base.one_row_ms,
         "prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens, "block_length": block_length,
         "given": meta.get("given", 0), "consistent_labels": meta.get("consistent_labels"),
         "draft_passes": cfg.draft_passes, "draft_vocab": None if vocab is None else len(vocab),
