@@ -12,6 +12,7 @@
 #   bash scripts/results.sh spec-2threads tune-draft-floor tune-draft-width; WIDTH=K bash scripts/results.sh eval-draft-width
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
 #   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus; HEAD=RUN ... tune-mtp-draft-vocab spec-mtp-corpus   (cheaper head steps)
+#   HEAD=runs/mtp-more-1l THREADS=1 bash scripts/results.sh tune-mtp-tree; HEAD=... WIDTH=K ... spec-mtp-tree   (trees)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -389,6 +390,28 @@ spec_mtp_corpus() {  # HEAD: the head tune-mtp-corpus chose; DRAFT_VOCAB: the dr
   prompts test 100
   OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
     --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-8192}" --out "$HEAD/speculate-test-vocab${DRAFT_VOCAB:-8192}"
+}
+
+# Draft trees for the head of 3e (HEAD), where a verification of up to 8 tokens costs no more than a
+# greedy step (BENCHMARKS.md 5). The acceptance is deterministic, so the widths are chosen on the 20
+# validation prompts by acceptance alone (THREADS: 1 lets them run beside other work; their timings
+# then mean nothing); the chosen width (WIDTH) is timed on the test prompts alone on the machine.
+tune_mtp_tree() {
+  local k
+  prompts validation 20
+  for k in 2,1,1 2,2,2 3,2,1 4,2,1 4,3; do
+    OMP_NUM_THREADS=${THREADS:-2} $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" \
+      --prompts runs/prompts-validation-20.jsonl --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" --draft-width $k \
+      --out "$HEAD/speculate-validation-width$k"
+  done
+}
+spec_mtp_tree() {  # the chain and the chosen tree (WIDTH) on the 100 test prompts, alone on both cores
+  prompts test 100
+  OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
+    --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" --out "$HEAD/speculate-test-chain"
+  OMP_NUM_THREADS=2 $SGDD speculate --run "$HEAD" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
+    --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" --draft-width "${WIDTH:?set WIDTH}" \
+    --out "$HEAD/speculate-test-width$WIDTH"
 }
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}

@@ -2,7 +2,9 @@
 tiny in-process Llama: identical output whatever the drafts, exact acceptance with a perfect
 drafter, the hidden state the cache stored, and the CLI end to end."""
 
+import itertools
 import json
+import math
 import random
 
 import pytest
@@ -333,6 +335,40 @@ def test_a_random_head_drafting_trees_still_gives_the_greedy_output(lm, prompts,
         assert speculate(base, drafter, prompt, 24, vocab_size=lm.model.config.vocab_size).tokens == hf_greedy(lm, prompt, 24)
 
 
+@pytest.mark.parametrize("nodes", [1, 3, 7])
+def test_the_likeliest_paths_tree_takes_the_most_probable_paths_parents_first(lm, nodes):
+    """Against brute force: every path of up to L-1 ranks scored by the product of its tokens'
+    probabilities in the head's one pass; the tree holds the top ``nodes`` of them."""
+    head = random_head(lm, seed=17)
+    drafter = HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, nodes=nodes)
+    for i, h in enumerate(torch.randn(3, lm.hidden_size)):
+        tree = drafter(h, [1, 5 + i])
+        probs = drafter._first_pass(h[None], 5 + i)  # [L - 1, V]
+        assert len(tree.tokens) == nodes and all(p < k for k, p in enumerate(tree.parents))
+
+        def path(k):  # the tokens from b down to node k
+            return (*path(tree.parents[k]), tree.tokens[k]) if k >= 0 else ()
+
+        score = {path(k): math.prod(float(probs[d, t]) for d, t in enumerate(path(k))) for k in range(nodes)}
+        assert len(score) == nodes  # no path twice
+        top = torch.topk(probs, nodes, dim=-1)
+        best = sorted((math.prod(float(top.values[d, r]) for d, r in enumerate(ranks)) for n in range(1, L)
+                       for ranks in itertools.product(range(nodes), repeat=n)), reverse=True)[:nodes]
+        assert sorted(score.values(), reverse=True) == pytest.approx(best, rel=1e-5)
+        if nodes == 1:
+            assert tree.tokens == [int(probs[0].argmax())]
+    with pytest.raises(ValueError, match="most probable paths needs"):
+        HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, width=2, nodes=4)
+
+
+def test_a_random_head_drafting_likeliest_paths_still_gives_the_greedy_output(lm, prompts):
+    drafter = HeadDrafter(random_head(lm, seed=19), L, Sampling(steps=1), CPU, lm.precision, nodes=6)
+    base = BaseLM(lm)
+    for prompt in prompts:
+        spec = speculate(base, drafter, prompt, 24, vocab_size=lm.model.config.vocab_size)
+        assert spec.tokens == hf_greedy(lm, prompt, 24) and set(spec.drafted) == {6}
+
+
 def test_the_trees_chain_is_the_heads_one_pass_draft(lm):
     """The first candidate at every depth (the chain) is what the width-1 drafter drafts; the others
     are the next most probable tokens of the same position, each a leaf beside the chain's token."""
@@ -425,7 +461,12 @@ def test_cli_drafts_trees_and_refuses_a_tree_over_several_passes(tiny_run, promp
     report = speculate_report(tiny_run, prompt_file, tmp_path / "spec2", "--draft-width", "3,1")
     assert report["identical_to_greedy"] is True and report["draft_widths"] == [3, 1]
     assert report["drafted_per_pass"] == 4 and "a tree of [3, 1]" in (tmp_path / "spec2/report.md").read_text()
+    report = speculate_report(tiny_run, prompt_file, tmp_path / "spec3", "--draft-nodes", "5")
+    assert report["identical_to_greedy"] is True and report["draft_nodes"] == 5 and report["drafted_per_pass"] <= 5
+    assert "the 5 most probable paths" in (tmp_path / "spec3/report.md").read_text()
     for bad, message in ((["--draft-width", "2", "--draft-passes", "2"], "which needs --draft-passes 1"),
+                         (["--draft-nodes", "4", "--draft-width", "2"], "no --draft-width (got 2)"),
+                         (["--draft-nodes", "0"], "--draft-nodes 0 needs a positive N"),
                          (["--draft-width", "1,1,1,1"], "with 1 to 3 positive integers"),
                          (["--draft-width", "2,0"], "--draft-width '2,0'")):
         result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), *bad)

@@ -29,6 +29,7 @@ so far ends with b; :class:`HeadDrafter` wraps a trained head. :func:`speculate`
 
 from __future__ import annotations
 
+import heapq
 import inspect
 import time
 from collections import Counter
@@ -345,11 +346,14 @@ class HeadDrafter:
     or one per position (the positions after the last are not drafted). Other than all ones, the
     draft is a :class:`TreeDraft` from one pass of the head: its best token at each position as a
     chain, and beside the chain's token the position's next ``width - 1`` candidates as leaves
-    (all verified in one forward)."""
+    (all verified in one forward). ``nodes`` (instead of widths): a tree shaped anew for every
+    draft, of the ``nodes`` token paths most probable under the head's one pass, a path's
+    probability being the product of its tokens' (EAGLE-2's dynamic draft tree, Li et al. 2024,
+    with the head's per-position probabilities in place of a drafter's conditional ones)."""
 
     def __init__(self, model, block_length: int, sampling: Sampling, device: torch.device, precision: Precision,
                  seed: int = 0, vocab: torch.Tensor | None = None, min_prob: float = 0.0,
-                 width: int | Sequence[int] = 1):
+                 width: int | Sequence[int] = 1, nodes: int | None = None):
         if not 0.0 <= min_prob <= 1.0:
             raise ValueError(f"min_prob must lie in [0, 1], got {min_prob}")
         widths = (width,) * (block_length - 1) if isinstance(width, int) else tuple(width)
@@ -358,18 +362,24 @@ class HeadDrafter:
         tree = widths != (1,) * (block_length - 1)
         if tree and sampling.steps != 1:
             raise ValueError(f"a draft tree {list(widths)} needs one draft pass, not {sampling.steps}")
+        if nodes is not None and (nodes < 1 or tree or sampling.steps != 1):
+            raise ValueError(f"a tree of the {nodes} most probable paths needs nodes >= 1, one draft pass "
+                             "and no widths")
         model = model.to(device).eval()
         if device.type == "cpu":
             fewrows.use_few_rows(model)
         vocab = None if vocab is None else vocab.to(device)
         self.model, self.L, self.device, self.precision = _DraftView(model, vocab), block_length, device, precision
         self.sampling, self.min_prob, self.widths = sampling.check(), min_prob, widths if tree else None
+        self.nodes = nodes
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, h: torch.Tensor, continuation: list[int]) -> list[int] | TreeDraft:
         z = h[None].to(self.device)  # [1, H]
         if self.widths is not None:
             return self._tree(z, continuation[-1])
+        if self.nodes is not None:
+            return self._likeliest_paths(z, continuation[-1])
         if self.one_greedy_pass:  # what decode's single greedy step commits, without its bookkeeping
             probs, ids = self._first_pass(z, continuation[-1]).max(-1)  # [L - 1] each
             drafts, sure = self.model.vocab[ids].tolist(), (probs >= self.min_prob).tolist()
@@ -406,6 +416,30 @@ class HeadDrafter:
             sure += (probs[depth, :width] >= self.min_prob).tolist()
             parents += [chain] * width
             chain = len(tokens) - width  # this depth's best token carries the chain on
+        return TreeDraft(tokens, parents).keep(sure)
+
+
+    def _likeliest_paths(self, z: torch.Tensor, known: int) -> TreeDraft:
+        """The ``nodes`` most probable paths below b, best first. A path's probability is the product
+        of its tokens' under the first pass, so a path never outscores its prefix: growing the tree
+        from a heap of the chosen nodes' children takes every parent before its children."""
+        first = self._first_pass(z, known)  # [L - 1, N]
+        probs, ids = first.topk(min(self.nodes, first.shape[-1]), dim=-1)  # [L - 1, k] each
+        probs, ids = probs.tolist(), self.model.vocab[ids].tolist()
+        frontier = [(-probs[0][r], (r,)) for r in range(len(probs[0]))]
+        heapq.heapify(frontier)
+        index: dict[tuple[int, ...], int] = {(): -1}
+        tokens, parents, sure = [], [], []
+        while frontier and len(tokens) < self.nodes:
+            neg, path = heapq.heappop(frontier)
+            depth = len(path) - 1
+            index[path] = len(tokens)
+            tokens.append(ids[depth][path[-1]])
+            parents.append(index[path[:-1]])
+            sure.append(probs[depth][path[-1]] >= self.min_prob)
+            if depth + 1 < len(probs):
+                for r, p in enumerate(probs[depth + 1]):
+                    heapq.heappush(frontier, (neg * p, path + (r,)))
         return TreeDraft(tokens, parents).keep(sure)
 
 

@@ -80,6 +80,10 @@ class SpeculateConfig:
                        "(F.linear, a matrix-vector product), padded (the row twice as W @ x^T, a matrix product "
                        "the BLAS spreads over its threads) or auto (times both at start and keeps the faster; "
                        "the report names the choice).")
+    draft_nodes: int | None = doc(None, "A draft tree shaped anew for each pass: the N token paths most probable "
+                                  "under the head's one pass (a path's probability: the product of its tokens'), "
+                                  "all verified in one forward; null = the chain, or the --draft-width tree. "
+                                  "Needs --draft-passes 1 and no --draft-width.")
     draft_vocab: int | None = doc(4096, "Draft only the N tokens most frequent among the run's training labels (the "
                                   "base model's next tokens in its cache's training split); null = the whole "
                                   "vocabulary. The output is the base model's greedy output either way. A draft "
@@ -216,6 +220,7 @@ def write_markdown(report: dict, out: Path, picture: Path | None) -> None:
         + (f"the {report['draft_vocab']} most frequent training labels" if report.get("draft_vocab") else "the whole vocabulary")
         + (f", a tree of {report['draft_widths']} candidates per position"
            if report.get("draft_widths", [1] * (report["block_length"] - 1)) != [1] * (report["block_length"] - 1) else "")
+        + (f", a tree of the {report['draft_nodes']} most probable paths" if report.get("draft_nodes") else "")
         + (f", tokens of probability < {report['draft_min_prob']} left out" if report.get("draft_min_prob") else ""),
         f"- base model `{report['model']}`" + (f" ({report['gguf_file']})" if report.get("gguf_file") else "")
         + f", hidden state layer {report['layer']} stored as {report['hidden_dtype']}",
@@ -270,6 +275,10 @@ def run(cfg: SpeculateConfig) -> Path:
     if widths != (1,) * (block_length - 1) and cfg.draft_passes != 1:
         raise SgddError(f"--draft-width {cfg.draft_width} drafts a tree, which needs --draft-passes 1 "
                         f"(got {cfg.draft_passes})")
+    if cfg.draft_nodes is not None and (cfg.draft_nodes < 1 or cfg.draft_passes != 1
+                                        or widths != (1,) * (block_length - 1)):
+        raise SgddError(f"--draft-nodes {cfg.draft_nodes} needs a positive N, --draft-passes 1 (got "
+                        f"{cfg.draft_passes}) and no --draft-width (got {cfg.draft_width})")
     cache = open_cache(meta["cache"])
     lm, settings = load_base(cache, cfg, device, precision)
     info = cache.encoder_info
@@ -284,7 +293,7 @@ def run(cfg: SpeculateConfig) -> Path:
     if cfg.draft_vocab is not None:
         vocab = draft_vocabulary(training_labels(run_dir, cache), cfg.draft_vocab, exclude=[head.mask_id])
     drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed, vocab, cfg.draft_min_prob,
-                          widths)
+                          widths, cfg.draft_nodes)
     prompts = [lm.tokenizer(t)["input_ids"][: cfg.prompt_tokens] for t in texts]
 
     greedy(base, prompts[0], min(8, cfg.max_new_tokens), eos)  # warm-up (first calls allocate), not timed
@@ -316,7 +325,8 @@ def run(cfg: SpeculateConfig) -> Path:
         "prompts": len(prompts), "max_new_tokens": cfg.max_new_tokens, "block_length": block_length,
         "given": meta.get("given", 0), "consistent_labels": meta.get("consistent_labels"),
         "draft_passes": cfg.draft_passes, "draft_vocab": None if vocab is None else len(vocab),
-        "draft_min_prob": cfg.draft_min_prob, "draft_widths": list(widths), "sampling": dataclasses.asdict(sampling),
+        "draft_min_prob": cfg.draft_min_prob, "draft_widths": list(widths),
+        "draft_nodes": cfg.draft_nodes, "sampling": dataclasses.asdict(sampling),
         "identical_to_greedy": not differences, "differences": differences[:20],
         **summary(greedy_runs, spec_runs, block_length),
     }
