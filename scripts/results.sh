@@ -12,7 +12,7 @@
 #   bash scripts/results.sh spec-2threads tune-draft-floor tune-draft-width; WIDTH=K bash scripts/results.sh eval-draft-width
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
 #   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus; HEAD=RUN ... tune-mtp-draft-vocab spec-mtp-corpus   (cheaper head steps)
-#   HEAD=runs/mtp-more-1l THREADS=1 bash scripts/results.sh tune-mtp-tree; HEAD=... WIDTH=K ... spec-mtp-tree   (trees)
+#   HEAD=runs/mtp-more-1l THREADS=1 bash scripts/results.sh tune-mtp-tree tune-mtp-nodes; HEAD=... TREE=... spec-mtp-tree   (trees)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -405,13 +405,23 @@ tune_mtp_tree() {
       --out "$HEAD/speculate-validation-width$k"
   done
 }
-spec_mtp_tree() {  # the chain and the chosen tree (WIDTH) on the 100 test prompts, alone on both cores
+tune_mtp_nodes() {  # the same for trees shaped anew each pass: the N paths most probable under the head
+  local n
+  prompts validation 20
+  for n in 3 5 7; do
+    OMP_NUM_THREADS=${THREADS:-2} $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" \
+      --prompts runs/prompts-validation-20.jsonl --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" --draft-nodes $n \
+      --out "$HEAD/speculate-validation-nodes$n"
+  done
+}
+spec_mtp_tree() {  # the chain and the chosen tree on the 100 test prompts, alone on both cores; TREE: the
+  # chosen tree's options, e.g. "--draft-nodes 7", named in the output directory
+  local tree=(${TREE:?set TREE})
   prompts test 100
   OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
     --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" --out "$HEAD/speculate-test-chain"
   OMP_NUM_THREADS=2 $SGDD speculate --run "$HEAD" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
-    --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" --draft-width "${WIDTH:?set WIDTH}" \
-    --out "$HEAD/speculate-test-width$WIDTH"
+    --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" "${tree[@]}" --out "$HEAD/speculate-test-$(IFS=; echo "${tree[*]}" | tr -d -)"
 }
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}
