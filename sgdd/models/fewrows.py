@@ -43,10 +43,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // x.shape[-1]
     if x.device.type != "cpu" or rows > FEW_ROWS or (rows == 1 and one_row == "linear"):
         return F.linear(x, weight, bias)
-    xt = x.reshape(rows, -1).t()  # [K, rows]
+    flat = x.reshape(rows, -1)
     if rows == 1:
-        xt = xt.expand(-1, 2).contiguous()  # the row twice: a GEMM the BLAS threads, not a GEMV
-    y = torch.mm(weight, xt)[:, :rows].t().contiguous()  # [rows, N]
+        flat = flat.expand(2, -1).contiguous()  # the row twice: the two-row product, which the BLAS threads
+    y = torch.mm(weight, flat.t())[:, :rows].t().contiguous()  # [rows, N]
     if bias is not None:
         y = y + bias
     return y.view(*x.shape[:-1], weight.shape[0])
