@@ -414,13 +414,11 @@ tune_mtp_nodes() {  # the same for trees shaped anew each pass: the N paths most
       --out "$HEAD/speculate-validation-nodes$n"
   done
 }
-spec_mtp_tree() {  # the chain and the chosen tree on the 100 test prompts, alone on both cores; TREE: the
-  # chosen tree's options, e.g. "--draft-nodes 7", named in the output directory
+spec_mtp_tree() {  # a chosen tree on the 100 test prompts, alone on both cores; TREE: its options, e.g.
+  # "--draft-nodes 3", named in the output directory
   local tree=(${TREE:?set TREE})
   prompts test 100
   OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
-    --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" --out "$HEAD/speculate-test-chain"
-  OMP_NUM_THREADS=2 $SGDD speculate --run "$HEAD" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
     --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" "${tree[@]}" --out "$HEAD/speculate-test-$(IFS=; echo "${tree[*]}" | tr -d -)"
 }
 

@@ -418,7 +418,6 @@ class HeadDrafter:
             chain = len(tokens) - width  # this depth's best token carries the chain on
         return TreeDraft(tokens, parents).keep(sure)
 
-
     def _likeliest_paths(self, z: torch.Tensor, known: int) -> TreeDraft:
         """The ``nodes`` most probable paths below b, best first. A path's probability is the product
         of its tokens' under the first pass, so a path never outscores its prefix: growing the tree
