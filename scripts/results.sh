@@ -392,10 +392,9 @@ spec_mtp_corpus() {  # HEAD: the head tune-mtp-corpus chose; DRAFT_VOCAB: the dr
     --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-8192}" --out "$HEAD/speculate-test-vocab${DRAFT_VOCAB:-8192}"
 }
 
-# Draft trees for the head of 3e (HEAD), where a verification of up to 8 tokens costs no more than a
-# greedy step (BENCHMARKS.md 5). The acceptance is deterministic, so the widths are chosen on the 20
-# validation prompts by acceptance alone (THREADS: 1 lets them run beside other work; their timings
-# then mean nothing); the chosen width (WIDTH) is timed on the test prompts alone on the machine.
+# Draft trees for the head of 3e (HEAD; RESULTS.md 3f). The acceptance is deterministic, so the trees are
+# compared on the 20 validation prompts by acceptance (THREADS=1 lets them run beside other work; their
+# timings then mean nothing); spec-mtp-tree times a chosen tree (TREE) on the test prompts, alone.
 tune_mtp_tree() {
   local k
   prompts validation 20
