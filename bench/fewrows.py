@@ -1,7 +1,9 @@
 """Suite: one forward of the base causal LM over 1 row (a greedy step) and over L rows (a
 speculative verification), with its linear layers as ``F.linear`` (the reference) and as
 W @ x^T (``sgdd.models.fewrows``, what ``sgdd speculate`` uses on CPU), the latter with each
-one-row form (``linear``: F.linear at one row; ``padded``: the row twice as W @ x^T).
+one-row form (``linear``: F.linear at one row; ``padded``: the row twice as W @ x^T). Where the
+CPU computes bf16 natively, also the model as ``sgdd speculate --precision bf16`` runs it (bf16
+weights, the row padded to two, rowwise attention): ``bf16_verify*_vs_bf16_greedy``.
 
 The forms run on the same weights in one process, alternating, after a 128-token prompt; each
 figure is the median of ``reps`` x 10 forwards. The ratio that decides whether speculation can
@@ -37,18 +39,21 @@ def run_suite(model: str, reps: int, block: int = 4) -> dict:
     from sgdd.decoding.speculate import BaseLM
     from sgdd.models.causal_lm import FrozenCausalLM
     from sgdd.models.fewrows import ONE_ROW_FORMS, set_one_row
-    from sgdd.runtime import pick_precision
+    from sgdd.runtime import cpu_bf16_native, pick_precision
 
     cpu = torch.device("cpu")
     bases = {}
     for method, few in (("f_linear", False), ("fewrows", True)):
         lm = FrozenCausalLM(model, cpu, pick_precision("fp32", cpu))  # a model each: conversion is in place
         bases[method] = BaseLM(lm, few_rows=few, one_row="linear")
+    if cpu_bf16_native():  # bf16 weights, the padded one-row form and rowwise attention (speculate --precision bf16)
+        bases["bf16"] = BaseLM(FrozenCausalLM(model, cpu, pick_precision("bf16", cpu)))
     V = bases["f_linear"].lm.model.config.vocab_size
     prompt = [(7 * i) % V for i in range(PROMPT)]
     token = {m: b.start(prompt, hidden=False)[0] for m, b in bases.items()}
     # (method, one-row form): the fewrows model is timed in each form, switched in place
     methods = [("f_linear", None), *(("fewrows", form) for form in ONE_ROW_FORMS)]
+    methods += [("bf16", None)] if "bf16" in bases else []
     names = {m: m[0] if m[1] in (None, "linear") else f"{m[0]}_{m[1]}" for m in methods}
     times: dict[str, dict[int, list[float]]] = {names[m]: {r: [] for r in ROWS} for m in methods}
     for rep in range(reps):
@@ -68,4 +73,7 @@ def run_suite(model: str, reps: int, block: int = 4) -> dict:
               f"verify{block}_vs_fastest_greedy": med["fewrows"][block] / greedy_ms,
               "padded_speedup_1_row": med["fewrows"][1] / med["fewrows_padded"][1]}
     ratios |= {f"fewrows_speedup_{r}_rows": med["f_linear"][r] / med["fewrows"][r] for r in ROWS}
+    if "bf16" in med:
+        ratios |= {f"bf16_verify{r}_vs_bf16_greedy": med["bf16"][r] / med["bf16"][1] for r in ROWS[1:]}
+        ratios["bf16_greedy_speedup_vs_fastest_fp32"] = greedy_ms / med["bf16"][1]
     return {"model": model, "prompt_tokens": PROMPT, "methods": table, "ratios": ratios}

@@ -20,7 +20,7 @@ from sgdd.models.decoder import Decoder
 from sgdd.models.decoder import DecoderConfig
 from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
-from sgdd.runtime import pick_precision
+from sgdd.runtime import cpu_bf16_native, pick_precision
 from sgdd.stages import collect
 from sgdd.stages.train import fit
 from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir
@@ -544,3 +544,41 @@ def test_the_drafter_drafts_what_the_sampler_decodes(lm):
             ref = decode(head, h[i:i + 1], length=L, prefix=torch.tensor([[7 + i]]), sampler=sampling.sampler,
                          steps=sampling.steps)
             assert drafter(h[i], [1, 7 + i]) == ref[0, 1:].tolist()
+
+
+@pytest.mark.skipif(not cpu_bf16_native(), reason="bf16 is emulated on this CPU (precision auto never picks it)")
+def test_in_bf16_a_verification_computes_every_row_as_the_greedy_step_does(tmp_path):
+    """bf16 weights round every linear layer's input: an fp32 difference in the last place between
+    a verification row and the greedy step it stands for can change a token, so the two must
+    agree bit for bit (the one-row form padded, rowwise attention). A model of SmolLM2-135M's
+    width (576, 9 heads over 3 key/value heads), where SDPA's kernels for one row and for several
+    differ in the last place; four layers."""
+    from sgdd.models.causal_lm import FrozenCausalLM
+
+    lm_dir = build_causal_lm_dir(tmp_path / "lm", layers=4, hidden=576, heads=9, kv_heads=3, intermediate=1536)
+    lm = FrozenCausalLM(str(lm_dir), CPU, pick_precision("bf16", CPU))
+    base = BaseLM(lm)
+    linears = [m for m in lm.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert lm.model.get_input_embeddings().weight.dtype == torch.float32
+    assert base.one_row == "padded" and lm.model.config._attn_implementation == fewrows.ROWWISE_ATTENTION
+    V = lm.model.config.vocab_size
+    for seed in range(5):
+        prompt = torch.randint(5, V, (120,), generator=torch.Generator().manual_seed(seed)).tolist()
+        token, _ = base.start(prompt)
+        start = base.length
+        steps, hs = [token], []
+        for _ in range(4):
+            greedy_tokens, h = base.extend([steps[-1]])
+            steps.append(greedy_tokens[-1])
+            hs.append(h[-1])
+        base.rollback(start)
+        verdict, h = base.extend(steps[:4])  # the chain of the greedy tokens, in one forward
+        assert verdict == steps[1:] and torch.equal(h, torch.stack(hs))
+        base.rollback(start)
+        tree = TreeDraft([(steps[1] + 1) % V, steps[1], steps[2]], [-1, -1, 1])  # the right branch second
+        verdict, h = base.extend([steps[0], *tree.tokens], tree=tree)
+        assert tree.walk(verdict) == [1, 2] and torch.equal(h[[0, 2, 3]], torch.stack(hs[:3]))
+    drafter = HeadDrafter(random_head(lm, seed=3), L, Sampling(steps=1), CPU, lm.precision, nodes=5)
+    prompt = list(range(5, 40))
+    assert speculate(base, drafter, prompt, 30, vocab_size=V).tokens == greedy(base, prompt, 30).tokens

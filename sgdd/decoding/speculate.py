@@ -114,10 +114,13 @@ class BaseLM:
     transformer, LM ``head``, ``device``, ``precision``). ``layer``: the hidden state the MTP
     head was trained on (-1 = the LM head's input, as the cache stored it); ``stored_dtype``:
     the cache's dtype of it, so the head sees h rounded as in training. On CPU the model's linear
-    layers compute a verification's few rows as W @ x^T (:mod:`sgdd.models.fewrows`;
+    layers compute a verification's few rows as W @ x^T in fp32 (:mod:`sgdd.models.fewrows`;
     ``few_rows=False`` leaves the model as it is) and a greedy step's one row in the form
     ``one_row`` names: ``auto`` times both forms on a short prompt and keeps the faster
-    (``one_row_ms``). Both loops use the same layers."""
+    (``one_row_ms``). In bf16 (``lm.precision``) the linear layers hold bf16 weights
+    (:func:`in_compute_dtype`); ``auto`` is then the padded form and the model attends with
+    :func:`sgdd.models.fewrows.rowwise_attention`, so that a verification computes every row
+    bit for bit as the greedy step would. Both loops use the same layers."""
 
     def __init__(self, lm, layer: int = -1, stored_dtype: torch.dtype = torch.float32, few_rows: bool = True,
                  one_row: str = "auto"):
@@ -132,9 +135,14 @@ class BaseLM:
         self.one_row, self.one_row_ms = "linear", {}
         if one_row != "auto" and one_row not in fewrows.ONE_ROW_FORMS:
             raise ValueError(f"unknown one-row form {one_row!r} (use auto, {', '.join(fewrows.ONE_ROW_FORMS)})")
+        if in_compute_dtype(lm.model, self.precision) and self.device.type == "cpu":
+            fewrows.use_rowwise_attention(lm.model)
         if few_rows and self.device.type == "cpu":
             fewrows.use_few_rows(lm.model)
-            if one_row == "auto":
+            if one_row == "auto" and self.precision.autocast_dtype is not None:
+                fewrows.set_one_row(lm.model, "padded")  # the form whose rows match a verification's
+                self.one_row = "padded"
+            elif one_row == "auto":
                 self.one_row, self.one_row_ms = self._fastest_one_row()
             else:
                 fewrows.set_one_row(lm.model, one_row)
@@ -167,16 +175,15 @@ class BaseLM:
             see = torch.ones(len(ids), past + len(ids), dtype=torch.bool)
             see[:, past:] = tree.attention()
             mask = see  # SDPA takes it as it is (True: attend); eager attention adds a float mask
-            if getattr(self.lm.model.config, "_attn_implementation", None) != "sdpa":
+            if getattr(self.lm.model.config, "_attn_implementation", None) not in ("sdpa", fewrows.ROWWISE_ATTENTION):
                 dtype = self.lm.base.dtype
                 mask = torch.zeros(see.shape, dtype=dtype).masked_fill_(~see, torch.finfo(dtype).min)
             extra = {"attention_mask": mask[None, None].to(self.device),
                      "position_ids": torch.tensor([[past + d for d in tree.depths()]], device=self.device)}
-        with self.precision.autocast():
-            out = self.lm.base(input_ids=x, **{self._cache_arg: self.cache}, use_cache=True,
-                               output_hidden_states=want_layer, **extra)
-            last = out.last_hidden_state[0]  # [n, H] after the final norm: the LM head's input
-            greedy = self.lm.head(last).argmax(-1)  # [n]
+        out = self.lm.base(input_ids=x, **{self._cache_arg: self.cache}, use_cache=True,
+                           output_hidden_states=want_layer, **extra)
+        last = out.last_hidden_state[0]  # [n, H] after the final norm: the LM head's input
+        greedy = self.lm.head(last).argmax(-1)  # [n]
         self.forwards += 1  # (the DynamicCache grew in place)
         h = None
         if hidden:
@@ -221,6 +228,17 @@ class BaseLM:
         if drop:
             self.cache.crop(-drop)
         assert self.length == keep
+
+
+def in_compute_dtype(model: torch.nn.Module, precision: Precision) -> bool:
+    """An inference-only model whose linear layers hold their weights in ``precision``'s dtype, in
+    place (:func:`sgdd.models.fewrows.use_low_precision_weights`); fp32 leaves it as it is. No
+    autocast then: nothing casts a weight at every call (a verification pass or a draft is a few
+    rows, and reading the weights is most of its cost), and activations, attention and norms stay
+    in fp32, where a row's result does not depend on how many rows the forward holds, as greedy
+    and verification must agree token for token. On a CPU with native bf16, a bf16 ``F.linear``
+    costs about the same for 1 to 8 rows (BENCHMARKS.md section 5)."""
+    return precision.autocast_dtype is not None and fewrows.use_low_precision_weights(model, precision.autocast_dtype) > 0
 
 
 def _finish(tokens: list[int], max_new_tokens: int, eos_id: int | None) -> list[int]:
@@ -366,6 +384,7 @@ class HeadDrafter:
             raise ValueError(f"a tree of the {nodes} most probable paths needs nodes >= 1, one draft pass "
                              "and no widths")
         model = model.to(device).eval()
+        in_compute_dtype(model, precision)
         if device.type == "cpu":
             fewrows.use_few_rows(model)
         vocab = None if vocab is None else vocab.to(device)
@@ -385,9 +404,8 @@ class HeadDrafter:
             drafts, sure = self.model.vocab[ids].tolist(), (probs >= self.min_prob).tolist()
         else:
             prefix = torch.tensor([continuation[-1:]], dtype=torch.long, device=self.device)  # [1, 1] the known token b
-            with self.precision.autocast():
-                out, trajectory = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix,
-                                         sampling=self.sampling, return_trajectory=True)  # [1, L]
+            out, trajectory = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix,
+                                     sampling=self.sampling, return_trajectory=True)  # [1, L]
             drafts, sure = out[0, 1:].tolist(), (trajectory.token_logp[0, 1:].exp() >= self.min_prob).tolist()
         return drafts[: sure.index(False)] if False in sure else drafts
 
@@ -403,8 +421,7 @@ class HeadDrafter:
         open position over the draft vocabulary ``self.model.vocab``."""
         x = torch.full((1, self.L), self.model.mask_id, dtype=torch.long, device=self.device)  # [1, L]
         x[0, 0] = known
-        with self.precision.autocast():
-            logits = self.model.draft_logits(first_pass_hidden(self.model, z, x, self.L - 1))  # [L - 1, N]
+        logits = self.model.draft_logits(first_pass_hidden(self.model, z, x, self.L - 1))  # [L - 1, N]
         return logits.float().softmax(-1)
 
     def _tree(self, z: torch.Tensor, known: int) -> TreeDraft:

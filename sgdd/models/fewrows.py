@@ -7,7 +7,7 @@ W @ x^T, the weight is the large left operand and the cost stays nearer the one-
 AMD EPYC (AVX2, fp32, one thread), a 4-token forward of SmolLM2-135M took 135 and 133 ms in this
 form against 158 and 146 ms with ``F.linear``, in two runs (BENCHMARKS.md section 5; ``python -m
 bench --only fewrows`` measures it on the machine at hand). Above ``FEW_ROWS`` rows and off the
-CPU, ``F.linear`` is kept; at one row (a greedy step) it is the default: there W @ x^T of one
+CPU, and in bf16 (:func:`use_low_precision_weights`), ``F.linear`` is kept; at one row (a greedy step) it is the default: there W @ x^T of one
 column measured 0.89x and 1.19x its speed on one thread, 0.83x on two (BENCHMARKS.md section 5). Users:
 the base model of ``sgdd speculate`` (converted with :func:`use_few_rows`), the MTP head that
 drafts for it, and every decoder's vocabulary projection (``project_logits``).
@@ -38,17 +38,28 @@ ONE_ROW_FORMS = ("linear", "padded")  # one row: F.linear, or the row twice as W
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            one_row: str = "linear") -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` [..., N], as W @ x^T where x has few rows on CPU (and at one
-    row with ``one_row="padded"``)."""
+    """``F.linear(x, weight, bias)`` [..., N] where x has few rows on CPU: in fp32 as W @ x^T; in
+    bf16 as ``F.linear``, which there costs about the same for 1 to 8 rows. With
+    ``one_row="padded"`` one row is computed twice, as two rows. A weight stored in a lower
+    precision than x (:func:`use_low_precision_weights`) computes in the weight's dtype and
+    returns x's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, weight, bias)
+    if x.dtype != weight.dtype:
+        low = None if bias is None else bias.to(weight.dtype)
+        return linear(x.to(weight.dtype), weight, low, one_row).to(x.dtype)
     rows = x.numel() // x.shape[-1]
     if x.device.type != "cpu" or rows > FEW_ROWS or (rows == 1 and one_row == "linear"):
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, -1)
     if rows == 1:
-        flat = flat.expand(2, -1).contiguous()  # the row twice: the two-row product, which the BLAS threads
-    y = torch.mm(weight, flat.t())[:, :rows].t().contiguous()  # [rows, N]
-    if bias is not None:
-        y = y + bias
+        flat = flat.expand(2, -1).contiguous()  # the row twice: the two-row product
+    if x.dtype == torch.float32:
+        y = torch.mm(weight, flat.t())[:, :rows].t().contiguous()  # [rows, N]
+        if bias is not None:
+            y = y + bias
+    else:  # bf16: from 2 rows on, a row's result does not depend on the count of rows (at 1 it may)
+        y = F.linear(flat, weight, bias)[:rows]
     return y.view(*x.shape[:-1], weight.shape[0])
 
 
@@ -68,6 +79,25 @@ def use_few_rows(module: nn.Module) -> int:
     changed = 0
     for layer in module.modules():
         if type(layer) is nn.Linear:
+            layer.__class__ = FewRowsLinear
+            changed += 1
+    return changed
+
+
+def use_low_precision_weights(module: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store the weight (and bias) of every ``nn.Linear`` inside ``module`` in ``dtype`` as new
+    parameters (a weight tied to an embedding leaves the embedding as it is), and make the layer a
+    :class:`FewRowsLinear`, in place: its product then runs in ``dtype`` (fp32 accumulation in the
+    BLAS) and its output comes back in the input's dtype, so everything around the linear layers
+    computes as before. For inference-only models: on a CPU with native bf16, a bf16 ``F.linear``
+    over 1 to 8 rows costs about what one row costs, and less than the fp32 forms (BENCHMARKS.md
+    section 5). Returns how many layers changed."""
+    changed = 0
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear) and layer.weight.dtype != dtype:
+            layer.weight = nn.Parameter(layer.weight.detach().to(dtype), requires_grad=False)
+            if layer.bias is not None:
+                layer.bias = nn.Parameter(layer.bias.detach().to(dtype), requires_grad=False)
             layer.__class__ = FewRowsLinear
             changed += 1
     return changed
@@ -99,3 +129,48 @@ def fastest_one_row(module: nn.Module, step: Callable[[], None], repeats: int = 
     best = min(ms, key=ms.get)
     set_one_row(module, best)
     return best, ms
+
+
+
+ROWWISE_ATTENTION = "sgdd_rowwise_sdpa"
+
+
+def rowwise_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, except that 2 to ``FEW_ROWS`` query rows are computed one by
+    one, each over the keys it may see, exactly as a one-token forward computes its row. A row's
+    result then does not depend on how many rows the forward holds: a verification pass and the
+    greedy steps it stands for agree bit for bit, which lower-precision weights need (an fp32
+    difference in the last place, rounded to bf16 at the next linear layer, can change a greedy
+    token). One row, and more than ``FEW_ROWS``, go to SDPA as they are."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    rows, keys = query.shape[2], key.shape[2]
+    if rows == 1 or rows > FEW_ROWS:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is None:  # causal over the new rows (SDPA's mask function left it out)
+        see = torch.arange(keys, device=query.device)[None] <= torch.arange(keys - rows, keys, device=query.device)[:, None]
+    else:  # [B, 1, rows, keys] bool, True: attend (one sequence)
+        see = attention_mask[0, 0]
+    kwargs.pop("is_causal", None)
+    out = []
+    for i in range(rows):
+        visible = see[i].nonzero()[:, 0]
+        n = len(visible)
+        if int(visible[-1]) == n - 1:  # a prefix of the keys
+            k, v = key[:, :, :n], value[:, :, :n]
+        else:
+            k, v = key.index_select(2, visible), value.index_select(2, visible)
+        out.append(sdpa_attention_forward(module, query[:, :, i : i + 1], k, v, None, is_causal=False, **kwargs)[0])
+    return torch.cat(out, dim=1), None  # [B, rows, heads, d]
+
+
+def use_rowwise_attention(model: nn.Module) -> None:
+    """Make a transformers model attend with :func:`rowwise_attention` (registered once, with
+    SDPA's mask function), in place."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(ROWWISE_ATTENTION, rowwise_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ROWWISE_ATTENTION, sdpa_mask)
+    model.config._attn_implementation = ROWWISE_ATTENTION

@@ -2,6 +2,7 @@
 W @ x^T only where the rows are few, and a model converted in place keeps its weights."""
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -66,3 +67,53 @@ def test_use_few_rows_converts_plain_linears_in_place_and_keeps_the_weights():
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     torch.testing.assert_close(model[2](model[1](model[0](x))), ref, rtol=1e-5, atol=1e-5)
     assert fewrows.use_few_rows(model) == 0  # converting twice changes nothing
+
+
+def test_low_precision_weights_compute_in_their_dtype_and_leave_a_tied_embedding_alone():
+    torch.manual_seed(0)
+    embed, head, mlp = nn.Embedding(50, 24), nn.Linear(24, 50, bias=False), nn.Linear(24, 24)
+    head.weight = embed.weight  # tied, as many causal LMs are
+    model = nn.ModuleList([embed, head, mlp])
+    x = torch.randn(3, 24)
+    assert fewrows.use_low_precision_weights(model) == 2
+    assert embed.weight.dtype == torch.float32 and head.weight.dtype == mlp.weight.dtype == torch.bfloat16
+    assert head.weight is not embed.weight and isinstance(mlp, fewrows.FewRowsLinear)
+    for rows in (1, 3):
+        y = mlp(x[:rows])
+        assert y.dtype == torch.float32  # the output comes back in the input's dtype
+        torch.testing.assert_close(y, F.linear(x[:rows].bfloat16(), mlp.weight, mlp.bias).float())
+    torch.testing.assert_close(head(x), x @ embed.weight.t(), rtol=2e-2, atol=5e-2)  # bf16 rounding only
+    assert fewrows.use_low_precision_weights(model) == 0  # converting twice changes nothing
+
+
+def _attention_inputs(rows: int, past: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, 4, rows, 8, generator=g)  # 4 query heads over 2 key/value heads (GQA)
+    k, v = (torch.randn(1, 2, past + rows, 8, generator=g) for _ in range(2))
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True)
+    return module, q, k, v
+
+
+@pytest.mark.parametrize("mask", ["none", "causal", "tree"])
+def test_rowwise_attention_is_sdpa_with_each_row_computed_as_a_one_row_forward(mask):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    rows, past = 4, 9
+    module, q, k, v = _attention_inputs(rows, past)
+    see = torch.arange(past + rows)[None] <= torch.arange(past, past + rows)[:, None]  # causal [rows, keys]
+    if mask == "tree":  # row 2 is a second child of row 0: it does not see row 1
+        see[2, past + 1] = False
+        see[3, past + 1] = False  # row 3, the child of row 2
+    attention = None if mask == "none" else see[None, None]
+    if mask == "none":
+        past, k, v = 0, k[:, :, :rows], v[:, :, :rows]  # no mask: a prompt, causal over its own rows
+        see = see[:, 9:]
+    out, _ = fewrows.rowwise_attention(module, q, k, v, attention, scaling=8 ** -0.5)
+    ref, _ = sdpa_attention_forward(module, q, k, v, attention, scaling=8 ** -0.5)
+    assert out.shape == ref.shape == (1, rows, 4, 8)
+    torch.testing.assert_close(out, ref)
+    for i in range(rows):  # bit for bit what a forward of row i alone over its visible keys computes
+        visible = see[i].nonzero()[:, 0]
+        alone, _ = sdpa_attention_forward(module, q[:, :, i : i + 1], k[:, :, visible], v[:, :, visible], None,
+                                          scaling=8 ** -0.5)
+        assert torch.equal(out[:, i : i + 1], alone)
