@@ -13,6 +13,8 @@
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
 #   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus; HEAD=RUN ... tune-mtp-draft-vocab spec-mtp-corpus   (cheaper head steps)
 #   HEAD=runs/mtp-more-1l THREADS=1 bash scripts/results.sh tune-mtp-tree tune-mtp-nodes; HEAD=... TREE=... spec-mtp-tree   (trees)
+#   bash scripts/results.sh mtp-more-cont eval-mtp-more-cont; HEAD=runs/mtp-more-1l-cont PRECISION=bf16 ... tune-mtp-nodes spec-mtp-tree
+#     (the head trained longer; both loops with bf16 weights)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -291,7 +293,10 @@ eval_mtp_gen() {
 }
 # The drafter's settings (draft vocabulary, draft passes), chosen on 20 validation-split articles
 # (never in training, not the test prompts), then the choice on the 100 test prompts.
-SPEC=(--checkpoint last --prompt-tokens 128 --max-new-tokens 64 --precision fp32 --device cpu)
+# PRECISION (default fp32) is that of both loops; other than fp32 it is named in the output directories.
+PRECISION=${PRECISION:-fp32}
+TAG=$([ "$PRECISION" = fp32 ] || echo "-$PRECISION")
+SPEC=(--checkpoint last --prompt-tokens 128 --max-new-tokens 64 --precision "$PRECISION" --device cpu)
 tune_mtp_draft() {
   prompts validation 20
   local setting
@@ -410,7 +415,7 @@ tune_mtp_nodes() {  # the same for trees shaped anew each pass: the N paths most
   for n in 3 5 7; do
     OMP_NUM_THREADS=${THREADS:-2} $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" \
       --prompts runs/prompts-validation-20.jsonl --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" --draft-nodes $n \
-      --out "$HEAD/speculate-validation-nodes$n"
+      --out "$HEAD/speculate-validation-nodes$n$TAG"
   done
 }
 spec_mtp_tree() {  # a chosen tree on the 100 test prompts, alone on both cores; TREE: its options, e.g.
@@ -418,7 +423,17 @@ spec_mtp_tree() {  # a chosen tree on the 100 test prompts, alone on both cores;
   local tree=(${TREE:?set TREE})
   prompts test 100
   OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
-    --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" "${tree[@]}" --out "$HEAD/speculate-test-$(IFS=; echo "${tree[*]}" | tr -d -)"
+    --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" "${tree[@]}" --out "$HEAD/speculate-test-$(IFS=; echo "${tree[*]}" | tr -d -)$TAG"
+}
+# 3e's one-layer head trained on for 80 more minutes (one thread, bf16: 1.4x fp32's step rate for
+# this head on the Zen 5), a new schedule from its weights; then its per-position eval
+mtp_more_cont() {
+  OMP_NUM_THREADS=1 train runs/mtp-more-1l-cont --config configs/mtp-cpu.yaml --cache cache/smollm2-gen-7680 \
+    --set model.n_layers=1 --set precision=bf16 --set optim.max_minutes=80 --set optim.lr=3e-4 --set init_from=runs/mtp-more-1l
+}
+eval_mtp_more_cont() {
+  $SGDD eval --run runs/mtp-more-1l-cont --cache cache/smollm2-gen-test --split test --given 1 --consistent-labels --steps 1 \
+    --checkpoint last --out runs/mtp-more-1l-cont/eval-gen-test
 }
 
 SGDD_PY=${SGDD_PY:-$(dirname "$SGDD")/python}

@@ -118,7 +118,7 @@ class BaseLM:
     ``few_rows=False`` leaves the model as it is) and a greedy step's one row in the form
     ``one_row`` names: ``auto`` times both forms on a short prompt and keeps the faster
     (``one_row_ms``). In bf16 (``lm.precision``) the linear layers hold bf16 weights
-    (:func:`in_compute_dtype`); ``auto`` is then the padded form and the model attends with
+    (:func:`weights_in_precision`); ``auto`` is then the padded form and the model attends with
     :func:`sgdd.models.fewrows.rowwise_attention`, so that a verification computes every row
     bit for bit as the greedy step would. Both loops use the same layers."""
 
@@ -135,7 +135,7 @@ class BaseLM:
         self.one_row, self.one_row_ms = "linear", {}
         if one_row != "auto" and one_row not in fewrows.ONE_ROW_FORMS:
             raise ValueError(f"unknown one-row form {one_row!r} (use auto, {', '.join(fewrows.ONE_ROW_FORMS)})")
-        if in_compute_dtype(lm.model, self.precision) and self.device.type == "cpu":
+        if weights_in_precision(lm.model, self.precision) and self.device.type == "cpu":
             fewrows.use_rowwise_attention(lm.model)
         if few_rows and self.device.type == "cpu":
             fewrows.use_few_rows(lm.model)
@@ -230,7 +230,7 @@ class BaseLM:
         assert self.length == keep
 
 
-def in_compute_dtype(model: torch.nn.Module, precision: Precision) -> bool:
+def weights_in_precision(model: torch.nn.Module, precision: Precision) -> bool:
     """An inference-only model whose linear layers hold their weights in ``precision``'s dtype, in
     place (:func:`sgdd.models.fewrows.use_low_precision_weights`); fp32 leaves it as it is. No
     autocast then: nothing casts a weight at every call (a verification pass or a draft is a few
@@ -384,7 +384,7 @@ class HeadDrafter:
             raise ValueError(f"a tree of the {nodes} most probable paths needs nodes >= 1, one draft pass "
                              "and no widths")
         model = model.to(device).eval()
-        in_compute_dtype(model, precision)
+        weights_in_precision(model, precision)
         if device.type == "cpu":
             fewrows.use_few_rows(model)
         vocab = None if vocab is None else vocab.to(device)

@@ -6,17 +6,25 @@ takes about twice as long as for one row, although both read the same weights on
 W @ x^T, the weight is the large left operand and the cost stays nearer the one-row cost: on an
 AMD EPYC (AVX2, fp32, one thread), a 4-token forward of SmolLM2-135M took 135 and 133 ms in this
 form against 158 and 146 ms with ``F.linear``, in two runs (BENCHMARKS.md section 5; ``python -m
-bench --only fewrows`` measures it on the machine at hand). Above ``FEW_ROWS`` rows and off the
-CPU, and in bf16 (:func:`use_low_precision_weights`), ``F.linear`` is kept; at one row (a greedy step) it is the default: there W @ x^T of one
-column measured 0.89x and 1.19x its speed on one thread, 0.83x on two (BENCHMARKS.md section 5). Users:
-the base model of ``sgdd speculate`` (converted with :func:`use_few_rows`), the MTP head that
-drafts for it, and every decoder's vocabulary projection (``project_logits``).
+bench --only fewrows`` measures it on the machine at hand). Above ``FEW_ROWS`` rows, off the CPU
+and in bf16 (:func:`use_low_precision_weights`), ``F.linear`` is kept; at one row (a greedy step)
+it is the default: there W @ x^T of one column measured 0.89x and 1.19x its speed on one
+thread, 0.83x on two (BENCHMARKS.md section 5). Users: the base model of ``sgdd speculate``
+(converted with :func:`use_few_rows`), the MTP head that drafts for it, and every decoder's
+vocabulary projection (``project_logits``).
 
 One row has a form of its own. ``F.linear`` at one row is a matrix-vector product, which the CPU
 BLAS may run on one thread: on a 2-core AMD EPYC of family 26 (Zen 5, AVX-512), a one-row forward of
 SmolLM2-135M took 42 ms and a two-row one in the W @ x^T form 26 ms (``python -m bench --only
 fewrows``). ``one_row="padded"`` computes the row twice, as that two-column product, and keeps one.
 Which form is faster depends on the CPU and its threads: :func:`fastest_one_row` times both.
+
+In bf16 a row's result must not depend on how many rows the forward holds, or a verification
+and the greedy steps it stands for can part (bf16 rounds every linear layer's input, so a last-
+place fp32 difference can change a token). On the Zen 5 EPYC a bf16 ``F.linear`` gave every row
+the same result for any count of rows from 2 to 12, not at 1, so one row is padded to two there;
+SDPA's kernels for one query row and for several differ in the last place, so :func:`rowwise_attention`
+computes a few rows one by one.
 
 The forms are the same product in another summation order, so results agree to rounding, not bit
 for bit; greedy and speculative loops that are compared with each other use the same layers.
@@ -129,7 +137,6 @@ def fastest_one_row(module: nn.Module, step: Callable[[], None], repeats: int = 
     best = min(ms, key=ms.get)
     set_one_row(module, best)
     return best, ms
-
 
 
 ROWWISE_ATTENTION = "sgdd_rowwise_sdpa"

@@ -68,7 +68,7 @@ class SpeculateConfig:
     device: str = doc("auto", "auto, cpu, cuda or cuda:N.")
     precision: str = doc("fp32", "Precision of both loops: fp32; bf16 or fp16: the linear layers of the base model "
                          "and the head hold their weights in it and compute in it, everything else stays fp32, and "
-                         "a verification computes each row as a greedy step does, bit for bit; auto: bf16 where the "
+                         "on CPU a verification computes each row as a greedy step does, bit for bit; auto: bf16 where the "
                          "CPU computes it natively and faster, bf16 on a GPU that supports it, else fp32.")
     seed: int = doc(0, "Seed of the drafter's generator (random samplers).")
     draft_min_prob: float = doc(0.0, "Leave out every draft token whose probability under the head is below P, and "
