@@ -149,16 +149,16 @@ def rowwise_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
     result then does not depend on how many rows the forward holds: a verification pass and the
     greedy steps it stands for agree bit for bit, which lower-precision weights need (an fp32
     difference in the last place, rounded to bf16 at the next linear layer, can change a greedy
-    token). One row, and more than ``FEW_ROWS``, go to SDPA as they are."""
+    token). One row, more than ``FEW_ROWS`` and a batch of sequences go to SDPA as they are."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     rows, keys = query.shape[2], key.shape[2]
-    if rows == 1 or rows > FEW_ROWS:
+    if rows == 1 or rows > FEW_ROWS or query.shape[0] > 1:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if attention_mask is None:  # causal over the new rows (SDPA's mask function left it out)
         see = torch.arange(keys, device=query.device)[None] <= torch.arange(keys - rows, keys, device=query.device)[:, None]
-    else:  # [B, 1, rows, keys] bool, True: attend (one sequence)
-        see = attention_mask[0, 0]
+    else:  # [1, 1, rows, keys]: bool (True: attend) or additive (0: attend)
+        see = attention_mask[0, 0] if attention_mask.dtype == torch.bool else attention_mask[0, 0] == 0
     kwargs.pop("is_causal", None)
     out = []
     for i in range(rows):

@@ -94,7 +94,7 @@ def _attention_inputs(rows: int, past: int, seed: int = 0):
     return module, q, k, v
 
 
-@pytest.mark.parametrize("mask", ["none", "causal", "tree"])
+@pytest.mark.parametrize("mask", ["none", "causal", "tree", "additive"])
 def test_rowwise_attention_is_sdpa_with_each_row_computed_as_a_one_row_forward(mask):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -105,6 +105,8 @@ def test_rowwise_attention_is_sdpa_with_each_row_computed_as_a_one_row_forward(m
         see[2, past + 1] = False
         see[3, past + 1] = False  # row 3, the child of row 2
     attention = None if mask == "none" else see[None, None]
+    if mask == "additive":  # 0 where a row may attend, the dtype's minimum elsewhere
+        attention = torch.zeros(see.shape).masked_fill_(~see, torch.finfo(torch.float32).min)[None, None]
     if mask == "none":
         past, k, v = 0, k[:, :, :rows], v[:, :, :rows]  # no mask: a prompt, causal over its own rows
         see = see[:, 9:]
