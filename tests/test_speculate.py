@@ -454,6 +454,11 @@ def test_cli_runs_end_to_end_and_writes_the_report(tiny_run, prompt_file, tmp_pa
     assert report["drafted_per_pass"] == L - 1 and report["draft_min_prob"] == 0  # whole drafts by default
 
 
+def test_cli_in_bf16_names_the_precision_and_keeps_greedys_output(tiny_run, prompt_file, tmp_path):
+    report = speculate_report(tiny_run, prompt_file, tmp_path / "spec", "--precision", "bf16", "--draft-nodes", "3")
+    assert report["identical_to_greedy"] is True and report["precision"] == "bf16" and report["one_row"] == "padded"
+
+
 def test_cli_drafts_trees_and_refuses_a_tree_over_several_passes(tiny_run, prompt_file, tmp_path):
     report = speculate_report(tiny_run, prompt_file, tmp_path / "spec", "--draft-width", "2")
     assert report["identical_to_greedy"] is True and report["draft_widths"] == [2] * (L - 1)
