@@ -13,8 +13,8 @@
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
 #   bash scripts/results.sh mtp-corpus eval-mtp-corpus tune-mtp-corpus; HEAD=RUN ... tune-mtp-draft-vocab spec-mtp-corpus   (cheaper head steps)
 #   HEAD=runs/mtp-more-1l THREADS=1 bash scripts/results.sh tune-mtp-tree tune-mtp-nodes; HEAD=... TREE=... spec-mtp-tree   (trees)
-#   bash scripts/results.sh mtp-more-cont eval-mtp-more-cont; HEAD=runs/mtp-more-1l-cont PRECISION=bf16 ... tune-mtp-nodes spec-mtp-tree
-#     (the head trained longer; both loops with bf16 weights)
+#   bash scripts/results.sh mtp-more-cont eval-mtp-more-cont; HEAD=runs/mtp-more-1l-cont PRECISION=fp32 (or bf16) ... tune-mtp-nodes;
+#     HEAD=runs/mtp-more-1l-cont TREE="--draft-nodes 3" ... spec-mtp-tree   (the head trained longer; bf16 weights in both loops)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
