@@ -567,6 +567,9 @@ def test_in_bf16_a_verification_computes_every_row_as_the_greedy_step_does(tmp_p
     assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
     assert lm.model.get_input_embeddings().weight.dtype == torch.float32
     assert base.one_row == "padded" and lm.model.config._attn_implementation == fewrows.ROWWISE_ATTENTION
+    lm.model.config._attn_implementation = "sdpa"
+    base = BaseLM(lm)  # a second loop over the converted model sets it up the same way
+    assert base.one_row == "padded" and lm.model.config._attn_implementation == fewrows.ROWWISE_ATTENTION
     V = lm.model.config.vocab_size
     for seed in range(5):
         prompt = torch.randint(5, V, (120,), generator=torch.Generator().manual_seed(seed)).tolist()

@@ -135,11 +135,12 @@ class BaseLM:
         self.one_row, self.one_row_ms = "linear", {}
         if one_row != "auto" and one_row not in fewrows.ONE_ROW_FORMS:
             raise ValueError(f"unknown one-row form {one_row!r} (use auto, {', '.join(fewrows.ONE_ROW_FORMS)})")
-        if weights_in_precision(lm.model, self.precision) and self.device.type == "cpu":
+        low = weights_in_precision(lm.model, self.precision)
+        if low and self.device.type == "cpu":
             fewrows.use_rowwise_attention(lm.model)
         if few_rows and self.device.type == "cpu":
             fewrows.use_few_rows(lm.model)
-            if one_row == "auto" and self.precision.autocast_dtype is not None:
+            if one_row == "auto" and low:
                 fewrows.set_one_row(lm.model, "padded")  # the form whose rows match a verification's
                 self.one_row = "padded"
             elif one_row == "auto":
@@ -231,14 +232,15 @@ class BaseLM:
 
 
 def weights_in_precision(model: torch.nn.Module, precision: Precision) -> bool:
-    """An inference-only model whose linear layers hold their weights in ``precision``'s dtype, in
-    place (:func:`sgdd.models.fewrows.use_low_precision_weights`); fp32 leaves it as it is. No
-    autocast then: nothing casts a weight at every call (a verification pass or a draft is a few
-    rows, and reading the weights is most of its cost), and activations, attention and norms stay
-    in fp32, where a row's result does not depend on how many rows the forward holds, as greedy
-    and verification must agree token for token. On a CPU with native bf16, a bf16 ``F.linear``
-    costs about the same for 1 to 8 rows (BENCHMARKS.md section 5)."""
-    return precision.autocast_dtype is not None and fewrows.use_low_precision_weights(model, precision.autocast_dtype) > 0
+    """Give an inference-only model's linear layers weights in ``precision``'s dtype, in place
+    (:func:`sgdd.models.fewrows.use_low_precision_weights`; a model converted before stays as it
+    is) -> whether its weights are in a lower precision than fp32. No autocast then: no weight is
+    cast at every call (a verification pass or a draft is a few rows, and reading the weights is
+    most of its cost), and activations, norms and attention stay fp32."""
+    if precision.autocast_dtype is None:
+        return False
+    fewrows.use_low_precision_weights(model, precision.autocast_dtype)
+    return True
 
 
 def _finish(tokens: list[int], max_new_tokens: int, eos_id: int | None) -> list[int]:

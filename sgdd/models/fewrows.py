@@ -47,7 +47,7 @@ ONE_ROW_FORMS = ("linear", "padded")  # one row: F.linear, or the row twice as W
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            one_row: str = "linear") -> torch.Tensor:
     """``F.linear(x, weight, bias)`` [..., N] where x has few rows on CPU: in fp32 as W @ x^T; in
-    bf16 as ``F.linear``, which there costs about the same for 1 to 8 rows. With
+    bf16 as ``F.linear``, whose cost there grows little with the rows. With
     ``one_row="padded"`` one row is computed twice, as two rows. A weight stored in a lower
     precision than x (:func:`use_low_precision_weights`) computes in the weight's dtype and
     returns x's."""
@@ -97,9 +97,9 @@ def use_low_precision_weights(module: nn.Module, dtype: torch.dtype = torch.bflo
     parameters (a weight tied to an embedding leaves the embedding as it is), and make the layer a
     :class:`FewRowsLinear`, in place: its product then runs in ``dtype`` (fp32 accumulation in the
     BLAS) and its output comes back in the input's dtype, so everything around the linear layers
-    computes as before. For inference-only models: on a CPU with native bf16, a bf16 ``F.linear``
-    over 1 to 8 rows costs about what one row costs, and less than the fp32 forms (BENCHMARKS.md
-    section 5). Returns how many layers changed."""
+    computes as before. For inference-only models: on a CPU with native bf16 a forward's cost then
+    grows little with its rows (the Zen 5: 8 rows cost 1.29 one-row forwards, 1.93 in fp32;
+    BENCHMARKS.md section 5). Returns how many layers changed."""
     changed = 0
     for layer in module.modules():
         if isinstance(layer, nn.Linear) and layer.weight.dtype != dtype:
