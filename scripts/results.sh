@@ -15,6 +15,8 @@
 #   HEAD=runs/mtp-more-1l THREADS=1 bash scripts/results.sh tune-mtp-tree tune-mtp-nodes; HEAD=... TREE=... spec-mtp-tree   (trees)
 #   bash scripts/results.sh mtp-more-cont eval-mtp-more-cont; HEAD=runs/mtp-more-1l-cont PRECISION=fp32 (or bf16) ... tune-mtp-nodes;
 #     HEAD=runs/mtp-more-1l-cont TREE="--draft-nodes 3" ... spec-mtp-tree   (the head trained longer; bf16 weights in both loops)
+#   HEAD=runs/mtp-more-1l-cont PRECISION=fp32 (or bf16) bash scripts/results.sh tune-mtp-lookup; HEAD=... TREE="--draft-nodes 3 --lookup 3" ... spec-mtp-tree
+#     (prompt lookup beside the head, and alone)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -424,6 +426,22 @@ spec_mtp_tree() {  # a chosen tree on the 100 test prompts, alone on both cores;
   prompts test 100
   OMP_NUM_THREADS=2 $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" --prompts runs/prompts-test-100.jsonl \
     --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" "${tree[@]}" --out "$HEAD/speculate-test-$(IFS=; echo "${tree[*]}" | tr -d -)$TAG"
+}
+# Prompt lookup beside the head (--lookup N: the tokens that followed the latest earlier occurrence of
+# the last tokens), and alone (--no-draft-head), on the 20 validation prompts; PRECISION as above
+tune_mtp_lookup() {
+  local setting
+  prompts validation 20
+  while read -r setting; do
+    OMP_NUM_THREADS=${THREADS:-2} $SGDD speculate --run "${HEAD:?set HEAD}" "${SPEC[@]}" \
+      --prompts runs/prompts-validation-20.jsonl --draft-passes 1 --draft-vocab "${DRAFT_VOCAB:-4096}" $setting \
+      --out "$HEAD/speculate-validation-$(echo "$setting" | tr -d ' -')$TAG"
+  done <<< "${LOOKUP_SETTINGS:-"--lookup 3 --no-draft-head
+--lookup 5 --no-draft-head
+--draft-nodes 3 --lookup 3
+--draft-nodes 4 --lookup 3
+--draft-nodes 5 --lookup 5
+--draft-nodes 7 --lookup 5"}"
 }
 # 3e's one-layer head trained on for 80 more minutes (one thread, bf16: 1.4x fp32's step rate for
 # this head on the Zen 5), a new schedule from its weights; then its per-position eval

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from sgdd.cache import open_cache
 from sgdd.cli import cli
 from sgdd.decoding.samplers import Sampling
-from sgdd.decoding.speculate import BaseLM, HeadDrafter, TreeDraft, draft_vocabulary, greedy, speculate
+from sgdd.decoding.speculate import (BaseLM, Generation, HeadDrafter, LookupDrafter, TreeDraft, context_draft,
+                                     draft_vocabulary, greedy, speculate)
 from sgdd.models import fewrows
 from sgdd.models.decoder import Decoder
 from sgdd.models.decoder import DecoderConfig
@@ -22,6 +23,7 @@ from sgdd.stages.collect.config import CollectConfig
 from sgdd.errors import SgddError
 from sgdd.runtime import cpu_bf16_native, pick_precision
 from sgdd.stages import collect
+from sgdd.stages.speculate import summary
 from sgdd.stages.train import fit
 from tests.helpers_lm import DOCUMENTS, build_causal_lm_dir
 from tests.train.helpers import one_thread, tiny_cfg  # noqa: F401 (fixture)
@@ -62,16 +64,16 @@ def random_head(lm, seed: int = 0) -> Decoder:
 
 
 class Oracle:
-    """Drafts the base model's own greedy continuation, each token replaced by a wrong one with
-    probability ``noise`` (0 = a perfect drafter)."""
+    """Drafts the base model's own greedy continuation (``truth``: the prompt, then greedy's
+    tokens), each token replaced by a wrong one with probability ``noise`` (0 = a perfect drafter)."""
 
     def __init__(self, truth: list[int], drafts: int, vocab: int, noise: float = 0.0, seed: int = 0):
         self.truth, self.drafts, self.vocab, self.noise = truth, drafts, vocab, noise
         self.rng = random.Random(seed)
 
-    def __call__(self, h, continuation):
-        n = len(continuation)
-        assert continuation == self.truth[:n]  # the loop only ever extends the greedy output
+    def __call__(self, h, context):
+        n = len(context)
+        assert context == self.truth[:n]  # the loop only ever extends the prompt by its greedy output
         out = self.truth[n : n + self.drafts]
         return [(t + 1) % self.vocab if self.rng.random() < self.noise else t for t in out]
 
@@ -117,7 +119,7 @@ def test_partly_wrong_drafts_roll_back_the_cache_exactly(lm, prompts, noise):
     seen = set()
     for i, prompt in enumerate(prompts):
         truth = hf_greedy(lm, prompt, 40 + L)
-        spec = speculate(base, Oracle(truth, L - 1, V, noise, seed=i), prompt, 40)
+        spec = speculate(base, Oracle(prompt + truth, L - 1, V, noise, seed=i), prompt, 40)
         assert spec.tokens == truth[:40]
         seen |= set(spec.accepted)
     assert seen == set(range(1, L + 1)) or noise == 0.8 and seen >= {1, 2}
@@ -131,7 +133,7 @@ def test_a_perfect_drafter_gets_every_draft_accepted(lm, prompts, drafts):
     n = 1 + passes * (drafts + 1)  # the prompt's forward gives the first token
     for prompt in prompts:
         truth = hf_greedy(lm, prompt, n + drafts)
-        spec = speculate(base, Oracle(truth, drafts, V), prompt, n)
+        spec = speculate(base, Oracle(prompt + truth, drafts, V), prompt, n)
         assert spec.tokens == truth[:n]
         assert spec.accepted == [drafts + 1] * passes
 
@@ -144,7 +146,7 @@ def test_generation_stops_after_the_end_token_like_greedy(lm, prompts):
     cut = truth[: truth.index(eos) + 1]
     assert greedy(base, prompt, 20, eos).tokens == cut
     for drafts in (1, 3, 5):
-        assert speculate(base, Oracle(truth + [0] * 8, drafts, V), prompt, 20, eos).tokens == cut
+        assert speculate(base, Oracle(prompt + truth + [0] * 8, drafts, V), prompt, 20, eos).tokens == cut
 
 
 @pytest.mark.parametrize("layer", [-1, 1])
@@ -298,9 +300,9 @@ class TreeOracle:
     def __init__(self, truth: list[int], vocab: int, chain_right: bool):
         self.truth, self.vocab, self.chain_right = truth, vocab, chain_right
 
-    def __call__(self, h, continuation):
-        n = len(continuation)
-        assert continuation == self.truth[:n]
+    def __call__(self, h, context):
+        n = len(context)
+        assert context == self.truth[:n]
         tokens, parents, chain = [], [], -1
         for t in self.truth[n : n + L - 1]:
             tokens += [t if self.chain_right else (t + 1) % self.vocab, t]
@@ -320,7 +322,7 @@ def test_a_tree_verification_accepts_the_right_branch_and_keeps_its_cache(lm, pr
     n = 1 + passes * per_pass
     for prompt in prompts:
         truth = hf_greedy(lm, prompt, n + L)
-        spec = speculate(base, TreeOracle(truth, V, chain_right), prompt, n)
+        spec = speculate(base, TreeOracle(prompt + truth, V, chain_right), prompt, n)
         assert spec.tokens == truth[:n]
         assert spec.accepted == [per_pass] * passes
         assert spec.drafted == [2 * (L - 1)] * passes
@@ -392,6 +394,55 @@ def test_the_trees_chain_is_the_heads_one_pass_draft(lm):
         HeadDrafter(head, L, Sampling(steps=2), CPU, lm.precision, width=2)
     with pytest.raises(ValueError, match="positive widths"):
         HeadDrafter(head, L, Sampling(steps=1), CPU, lm.precision, width=(1, 1, 1, 1))
+
+
+def test_prompt_lookup_drafts_what_followed_the_latest_longest_match():
+    ctx = [1, 2, 3, 4, 9, 2, 3, 5, 6, 7, 2, 3]
+    assert context_draft(ctx, 3) == [5, 6, 7]  # "2 3" last came before 5 (no earlier "7 2 3")
+    assert context_draft(ctx, 3, longest=1) == [5, 6, 7]  # "3": its latest earlier occurrence is the same
+    assert context_draft(ctx + [8], 2) == []  # 8 occurs nowhere before
+    assert context_draft([4, 1, 2, 4, 1, 3, 9, 1], 3) == [3, 9, 1]  # only "1" matches: its latest occurrence
+    assert context_draft([5, 8, 5, 8], 4) == [5, 8]  # a match near the end drafts what there is (the loop)
+    assert context_draft([7, 7, 7], 5) == [7]  # "7 7" ends at 1: one token follows it
+    assert context_draft([3], 3) == [] and context_draft([], 3) == []
+    # the longest run first: "1 2" last occurred before 8, but "0 1 2" only before 4
+    assert context_draft([0, 1, 2, 4, 5, 1, 2, 8, 0, 1, 2], 2) == [4, 5]
+    assert context_draft([0, 1, 2, 4, 5, 1, 2, 8, 0, 1, 2], 2, longest=2) == [8, 0]
+
+
+def test_a_merged_tree_shares_common_prefixes_and_keeps_the_cap():
+    chain = TreeDraft.chain([5, 6, 7])
+    head = TreeDraft([5, 4, 8, 6], [-1, -1, 0, 0])  # 5 -> {8, 6}, and 4 beside 5
+    assert chain.merged(head) == TreeDraft([5, 6, 7, 4, 8], [-1, 0, 1, -1, 0])  # 5 and 5 -> 6 are there already
+    assert chain.merged(head, nodes=4) == TreeDraft([5, 6, 7, 4], [-1, 0, 1, -1])  # the cap: other's first nodes
+    assert chain.merged(TreeDraft([4, 9], [-1, 0]), nodes=4) == TreeDraft([5, 6, 7, 4], [-1, 0, 1, -1])  # 9: the cap
+    assert TreeDraft.chain([]).merged(head) == head and chain.merged(TreeDraft.chain([])) == chain
+    with pytest.raises(ValueError, match="prompt lookup needs"):
+        LookupDrafter(None, tokens=0)
+
+
+def test_the_acceptance_histogram_counts_passes_longer_than_the_block():
+    """Prompt lookup may draft more than L - 1 tokens, so a pass may add more than L."""
+    greedy_run = Generation(list(range(10)), 1.0, 10)
+    spec_run = Generation(list(range(10)), 0.5, 4, accepted=[1, 6, 2, 1], drafted=[3, 5, 3, 0])
+    report = summary([greedy_run], [spec_run], block_length=4)
+    assert report["acceptance_histogram"] == {"1": 2, "2": 1, "3": 0, "4": 0, "5": 0, "6": 1}
+    assert report["acceptance_length"] == 2.5 and report["drafted_per_pass"] == 2.75 and report["speedup"] == 2.0
+
+
+@pytest.mark.parametrize("with_head,nodes", [(False, None), (True, None), (True, 3)])
+def test_prompt_lookup_beside_the_head_still_gives_the_greedy_output(lm, prompts, with_head, nodes):
+    """A looping prompt, so that lookup drafts come and some are accepted (a random head's seldom are)."""
+    head = HeadDrafter(random_head(lm, seed=23), L, Sampling(steps=1), CPU, lm.precision, nodes=nodes) if with_head else None
+    drafter = LookupDrafter(head, tokens=L - 1, nodes=nodes)
+    base = BaseLM(lm)
+    accepted = 0
+    for prompt in [*prompts, prompts[0][:5] * 4]:
+        spec = speculate(base, drafter, prompt, 24, vocab_size=lm.model.config.vocab_size)
+        assert spec.tokens == hf_greedy(lm, prompt, 24)
+        assert nodes is None or max(spec.drafted) <= nodes
+        accepted += sum(a - 1 for a in spec.accepted)
+    assert accepted > 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,6 +527,22 @@ def test_cli_drafts_trees_and_refuses_a_tree_over_several_passes(tiny_run, promp
                          (["--draft-width", "2,0"], "--draft-width '2,0'")):
         result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), *bad)
         assert result.exit_code != 0 and message in result.output, result.output
+
+
+def test_cli_drafts_by_prompt_lookup_beside_the_head_or_alone(tiny_run, prompt_file, tmp_path):
+    out = tmp_path / "spec"
+    report = speculate_report(tiny_run, prompt_file, out, "--lookup", "3", "--draft-nodes", "3")
+    assert report["identical_to_greedy"] is True and report["lookup"] == 3 and report["draft_head"] is True
+    assert 0 < report["drafted_per_pass"] <= 3 and "prompt lookup of up to 3 tokens" in (out / "report.md").read_text()
+    report = speculate_report(tiny_run, prompt_file, out, "--lookup", "5", "--no-draft-head")
+    assert report["identical_to_greedy"] is True and report["draft_head"] is False
+    assert report["drafted_per_pass"] <= 5 and "alone, without the head" in (out / "report.md").read_text()
+    hist = report["acceptance_histogram"]  # every pass counted, also those of more than L tokens
+    assert sum(hist.values()) == report["verification_passes"] and len(hist) >= L
+    for bad, message in ((["--no-draft-head"], "--no-draft-head leaves nothing to draft"),
+                         (["--lookup", "-1"], "--lookup must be 0 (off) or more")):
+        result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), *bad)
+        assert result.exit_code == 1 and message in result.output, result.output
 
 
 def test_cli_with_a_probability_floor_of_one_drafts_nothing(tiny_run, prompt_file, tmp_path):

@@ -11,8 +11,9 @@ next token b = argmax LM(h_n) (not yet processed). Then:
 3. **roll back**: the KV cache keeps b and the a accepted drafts, the rest is cropped; the new
    "next token" is g_a, the base model's own token after the last accepted one.
 
-One pass therefore adds a + 1 tokens (accepted drafts + the base model's own token), at most L:
-the ``acceptance_length`` (Medusa's acceleration rate, EAGLE's tau).
+One pass therefore adds a + 1 tokens (accepted drafts + the base model's own token), at most L
+(more where a prompt lookup drafts further): the ``acceptance_length`` (Medusa's acceleration
+rate, EAGLE's tau).
 
 A draft may also be a tree (:class:`TreeDraft`, Medusa's tree attention): several candidate
 tokens per position, each attending only to its own ancestors in the same verification forward
@@ -22,8 +23,10 @@ token is the base model's greedy token there; the KV cache keeps b and the walke
 Whatever the drafts, the output is the base model's greedy output, token for token; :func:`greedy`
 is the reference loop (one token per forward, same KV cache and code path) it is compared with.
 
-A drafter is any callable ``(h [H] float32, continuation) -> drafts``, where the continuation
-so far ends with b; :class:`HeadDrafter` wraps a trained head. :func:`speculate` and :func:`greedy` take a :class:`BaseLM` (the base model of a
+A drafter is any callable ``(h [H] float32, context) -> drafts``, where the context is the
+prompt and the output so far, ending with b; :class:`HeadDrafter` wraps a trained head, and
+:class:`LookupDrafter` adds prompt lookup (:func:`context_draft`) beside it or drafts by it
+alone. :func:`speculate` and :func:`greedy` take a :class:`BaseLM` (the base model of a
 :class:`sgdd.models.causal_lm.FrozenCausalLM`), so a notebook can call them directly.
 """
 
@@ -87,6 +90,26 @@ class TreeDraft:
             depth.append(depth[parent + 1] + 1)
         return depth
 
+    def merged(self, other: "TreeDraft", nodes: int | None = None) -> "TreeDraft":
+        """This tree with ``other``'s nodes added after its own, as a trie: a node whose path from b
+        is here already is not added twice. ``other``'s nodes go in its order, each only while the
+        tree holds fewer than ``nodes`` nodes (None: no cap) and only when its parent is in."""
+        tokens, parents = list(self.tokens), list(self.parents)
+        child = {(p, t): i for i, (t, p) in enumerate(zip(tokens, parents))}  # (parent, token) -> node
+        here = {-1: -1}  # other's node -> this tree's
+        for i, (token, parent) in enumerate(zip(other.tokens, other.parents)):
+            if parent not in here:
+                continue
+            key = (here[parent], token)
+            if key not in child:
+                if nodes is not None and len(tokens) >= nodes:
+                    continue
+                child[key] = len(tokens)
+                tokens.append(token)
+                parents.append(here[parent])
+            here[i] = child[key]
+        return TreeDraft(tokens, parents)
+
     def walk(self, verdict: list[int]) -> list[int]:
         """The accepted nodes: from b, while a child of the last accepted node holds the base
         model's greedy token after it (``verdict`` [1 + n]: b's, then each node's)."""
@@ -101,6 +124,39 @@ class TreeDraft:
 
 
 Drafter = Callable[[torch.Tensor, list[int]], "list[int] | TreeDraft"]
+
+
+def context_draft(context: Sequence[int], tokens: int, longest: int = 3) -> list[int]:
+    """Prompt lookup (Saxena 2023; LLMA, Yang et al. 2023): the up to ``tokens`` tokens that followed
+    the latest earlier occurrence of the context's last n tokens, for the largest n from
+    ``longest`` down to 1 that occurs before; [] if none does. Text that repeats itself or its
+    prompt (a small model's greedy output often loops) is then drafted at no model cost."""
+    last = context[-1] if context else None
+    for n in range(min(longest, len(context) - 1), 0, -1):
+        key = list(context[-n:])
+        for end in range(len(context) - 2, n - 2, -1):  # the last token of an earlier occurrence
+            if context[end] == last and list(context[end - n + 1 : end + 1]) == key:
+                return list(context[end + 1 : end + 1 + tokens])
+    return []
+
+
+class LookupDrafter:
+    """Prompt lookup beside another drafter: the chain :func:`context_draft` finds (``tokens`` long
+    at most) first, then ``inner``'s draft merged into it as a tree (:meth:`TreeDraft.merged`), at
+    most ``nodes`` nodes in all (None: no cap). ``inner`` None: the lookup alone."""
+
+    def __init__(self, inner: "Drafter | None", tokens: int, longest: int = 3, nodes: int | None = None):
+        if tokens < 1 or longest < 1 or (nodes is not None and nodes < 1):
+            raise ValueError(f"prompt lookup needs tokens, longest and nodes >= 1, got {tokens}, {longest}, {nodes}")
+        self.inner, self.tokens, self.longest, self.nodes = inner, tokens, longest, nodes
+
+    def __call__(self, h: torch.Tensor, context: list[int]) -> TreeDraft:
+        found = context_draft(context, self.tokens, self.longest)
+        tree = TreeDraft.chain(found[: self.nodes] if self.nodes is not None else found)
+        if self.inner is None:
+            return tree
+        other = self.inner(h, context)
+        return tree.merged(other if isinstance(other, TreeDraft) else TreeDraft.chain(other), self.nodes)
 
 
 def _sync(device: torch.device) -> None:
@@ -167,7 +223,8 @@ class BaseLM:
         return 0 if self.cache is None else self.cache.get_seq_length()
 
     @torch.inference_mode()
-    def _forward(self, ids: list[int], hidden: bool, tree: TreeDraft | None = None) -> tuple[list[int], torch.Tensor | None]:
+    def _forward(self, ids: list[int], hidden: bool, tree: TreeDraft | None = None,
+                 last_only: bool = False) -> tuple[list[int], torch.Tensor | None]:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)  # [1, n]
         want_layer = hidden and self.layer != -1
         extra = {}
@@ -183,12 +240,13 @@ class BaseLM:
                      "position_ids": torch.tensor([[past + d for d in tree.depths()]], device=self.device)}
         out = self.lm.base(input_ids=x, **{self._cache_arg: self.cache}, use_cache=True,
                            output_hidden_states=want_layer, **extra)
-        last = out.last_hidden_state[0]  # [n, H] after the final norm: the LM head's input
+        rows = slice(-1, None) if last_only else slice(None)  # a prompt needs its last row only
+        last = out.last_hidden_state[0, rows]  # [n, H] after the final norm: the LM head's input
         greedy = self.lm.head(last).argmax(-1)  # [n]
         self.forwards += 1  # (the DynamicCache grew in place)
         h = None
         if hidden:
-            h = (out.hidden_states[self.layer][0] if want_layer else last).to(self.stored_dtype).float()  # [n, H]
+            h = (out.hidden_states[self.layer][0, rows] if want_layer else last).to(self.stored_dtype).float()  # [n, H]
         return greedy.tolist(), h
 
     def start(self, prompt: list[int], hidden: bool = True) -> tuple[int, torch.Tensor | None]:
@@ -198,7 +256,7 @@ class BaseLM:
         from transformers import DynamicCache
 
         self.cache = DynamicCache()
-        greedy, h = self._forward(prompt, hidden)
+        greedy, h = self._forward(prompt, hidden, last_only=True)
         return greedy[-1], None if h is None else h[-1]
 
     def extend(self, ids: list[int], hidden: bool = True, tree: TreeDraft | None = None) -> tuple[list[int], torch.Tensor | None]:
@@ -286,7 +344,7 @@ def speculate(lm: BaseLM, drafter: Drafter, prompt: list[int], max_new_tokens: i
     out, accepted, drafted = [token], [], []
     while len(out) < max_new_tokens and token != eos_id:
         t0 = time.perf_counter()
-        tree = drafter(h, out)
+        tree = drafter(h, prompt + out)
         _sync(lm.device)
         drafting += time.perf_counter() - t0
         tree = tree if isinstance(tree, TreeDraft) else TreeDraft.chain(tree)
@@ -395,17 +453,17 @@ class HeadDrafter:
         self.nodes = nodes
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
-    def __call__(self, h: torch.Tensor, continuation: list[int]) -> list[int] | TreeDraft:
+    def __call__(self, h: torch.Tensor, context: list[int]) -> list[int] | TreeDraft:
         z = h[None].to(self.device)  # [1, H]
         if self.widths is not None:
-            return self._tree(z, continuation[-1])
+            return self._tree(z, context[-1])
         if self.nodes is not None:
-            return self._likeliest_paths(z, continuation[-1])
+            return self._likeliest_paths(z, context[-1])
         if self.one_greedy_pass:  # what decode's single greedy step commits, without its bookkeeping
-            probs, ids = self._first_pass(z, continuation[-1]).max(-1)  # [L - 1] each
+            probs, ids = self._first_pass(z, context[-1]).max(-1)  # [L - 1] each
             drafts, sure = self.model.vocab[ids].tolist(), (probs >= self.min_prob).tolist()
         else:
-            prefix = torch.tensor([continuation[-1:]], dtype=torch.long, device=self.device)  # [1, 1] the known token b
+            prefix = torch.tensor([context[-1:]], dtype=torch.long, device=self.device)  # [1, 1] the known token b
             out, trajectory = decode(self.model, z, generator=self.generator, length=self.L, prefix=prefix,
                                      sampling=self.sampling, return_trajectory=True)  # [1, L]
             drafts, sure = out[0, 1:].tolist(), (trajectory.token_logp[0, 1:].exp() >= self.min_prob).tolist()

@@ -34,7 +34,8 @@ from sgdd.cache import format as fmt
 from sgdd.io import write_json_atomic
 from sgdd.cache.reader import Cache, open_cache
 from sgdd.decoding.samplers import Sampling
-from sgdd.decoding.speculate import BaseLM, Generation, HeadDrafter, draft_vocabulary, greedy, speculate
+from sgdd.decoding.speculate import (BaseLM, Generation, HeadDrafter, LookupDrafter, draft_vocabulary, greedy,
+                                     speculate)
 from sgdd.config import doc, save_yaml
 from sgdd.errors import SgddError
 from sgdd.log import progress
@@ -87,6 +88,14 @@ class SpeculateConfig:
                                   "under the head's one pass (a path's probability: the product of its tokens'), "
                                   "all verified in one forward; null = the chain, or the --draft-width tree. "
                                   "Needs --draft-passes 1 and no --draft-width.")
+    lookup: int = doc(0, "Prompt lookup beside the head: also draft the up to N tokens that followed the latest "
+                      "earlier occurrence, in the prompt and the output so far, of the last lookup_ngram tokens (else "
+                      "fewer, down to one), merged with the head's draft as a tree, the lookup's tokens first; "
+                      "--draft-nodes then caps the nodes of both together. 0 = off. Costs no model work; the output "
+                      "is the base model's greedy output either way.")
+    lookup_ngram: int = doc(3, "Prompt lookup: the longest run of last tokens it looks for.")
+    draft_head: bool = doc(True, "Draft with the run's MTP head; --no-draft-head drafts by prompt lookup alone "
+                           "(needs --lookup), to compare the two.")
     draft_vocab: int | None = doc(4096, "Draft only the N tokens most frequent among the run's training labels (the "
                                   "base model's next tokens in its cache's training split); null = the whole "
                                   "vocabulary. The output is the base model's greedy output either way. A draft "
@@ -183,7 +192,8 @@ def summary(greedy_runs: list[Generation], spec_runs: list[Generation], block_le
     hist = Counter(passes)
     return {
         "acceptance_length": sum(passes) / max(len(passes), 1),
-        "acceptance_histogram": {str(k): hist.get(k, 0) for k in range(1, block_length + 1)},
+        "acceptance_histogram": {str(k): hist.get(k, 0)  # beyond L where prompt lookup drafts more
+                                 for k in range(1, max(block_length, *passes, 0) + 1)},
         "verification_passes": len(passes),
         "drafted_per_pass": sum(n for g in spec_runs for n in g.drafted) / max(len(passes), 1),
         "tokens": tokens,
@@ -224,7 +234,9 @@ def write_markdown(report: dict, out: Path, picture: Path | None) -> None:
         + (f", a tree of {report['draft_widths']} candidates per position"
            if report.get("draft_widths", [1] * (report["block_length"] - 1)) != [1] * (report["block_length"] - 1) else "")
         + (f", a tree of the {report['draft_nodes']} most probable paths" if report.get("draft_nodes") else "")
-        + (f", tokens of probability < {report['draft_min_prob']} left out" if report.get("draft_min_prob") else ""),
+        + (f", tokens of probability < {report['draft_min_prob']} left out" if report.get("draft_min_prob") else "")
+        + (f"; prompt lookup of up to {report['lookup']} tokens (last {report['lookup_ngram']} tokens down to one)"
+           + ("" if report.get("draft_head", True) else " alone, without the head") if report.get("lookup") else ""),
         f"- base model `{report['model']}`" + (f" ({report['gguf_file']})" if report.get("gguf_file") else "")
         + f", hidden state layer {report['layer']} stored as {report['hidden_dtype']}",
         f"- {report['prompts']} prompts, up to {report['max_new_tokens']} new tokens each; device {report['device']}, "
@@ -260,6 +272,11 @@ def run(cfg: SpeculateConfig) -> Path:
         raise SgddError("max_new_tokens, draft_passes and prompt_tokens must be at least 1")
     if not 0.0 <= cfg.draft_min_prob <= 1.0:
         raise SgddError(f"draft_min_prob must lie in [0, 1], got {cfg.draft_min_prob}")
+    if cfg.lookup < 0 or cfg.lookup_ngram < 1:
+        raise SgddError(f"--lookup must be 0 (off) or more and --lookup-ngram at least 1, got {cfg.lookup} and "
+                        f"{cfg.lookup_ngram}")
+    if not cfg.draft_head and not cfg.lookup:
+        raise SgddError("--no-draft-head leaves nothing to draft: give --lookup N (prompt lookup)")
     if cfg.draft_vocab is not None and cfg.draft_vocab < 1:
         raise SgddError(f"draft_vocab must be at least 1 (or null for the whole vocabulary), got {cfg.draft_vocab}")
     sampling = Sampling(sampler=cfg.sampler, steps=cfg.draft_passes, schedule=cfg.schedule, tau=cfg.tau).check()
@@ -296,7 +313,9 @@ def run(cfg: SpeculateConfig) -> Path:
     if cfg.draft_vocab is not None:
         vocab = draft_vocabulary(training_labels(run_dir, cache), cfg.draft_vocab, exclude=[head.mask_id])
     drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed, vocab, cfg.draft_min_prob,
-                          widths, cfg.draft_nodes)
+                          widths, cfg.draft_nodes) if cfg.draft_head else None
+    if cfg.lookup:
+        drafter = LookupDrafter(drafter, cfg.lookup, cfg.lookup_ngram, cfg.draft_nodes)
     prompts = [lm.tokenizer(t)["input_ids"][: cfg.prompt_tokens] for t in texts]
 
     greedy(base, prompts[0], min(8, cfg.max_new_tokens), eos)  # warm-up (first calls allocate), not timed
@@ -329,7 +348,8 @@ def run(cfg: SpeculateConfig) -> Path:
         "given": meta.get("given", 0), "consistent_labels": meta.get("consistent_labels"),
         "draft_passes": cfg.draft_passes, "draft_vocab": None if vocab is None else len(vocab),
         "draft_min_prob": cfg.draft_min_prob, "draft_widths": list(widths),
-        "draft_nodes": cfg.draft_nodes, "sampling": dataclasses.asdict(sampling),
+        "draft_nodes": cfg.draft_nodes, "draft_head": cfg.draft_head, "lookup": cfg.lookup,
+        "lookup_ngram": cfg.lookup_ngram, "sampling": dataclasses.asdict(sampling),
         "identical_to_greedy": not differences, "differences": differences[:20],
         **summary(greedy_runs, spec_runs, block_length),
     }
