@@ -421,6 +421,20 @@ def test_a_merged_tree_shares_common_prefixes_and_keeps_the_cap():
         LookupDrafter(None, tokens=0)
 
 
+def test_the_lookup_asks_the_other_drafter_only_while_its_nodes_can_enter():
+    calls = []
+
+    def inner(h, context):
+        calls.append(list(context))
+        return TreeDraft([1, 2], [-1, -1])
+
+    capped = LookupDrafter(inner, tokens=3, nodes=3)
+    assert capped(None, [1, 5, 6, 7, 8, 1]) == TreeDraft.chain([5, 6, 7]) and calls == []  # the chain fills the cap
+    assert capped(None, [4, 5, 9]) == TreeDraft([1, 2], [-1, -1]) and len(calls) == 1  # no match: the other's draft
+    assert capped(None, [7, 8, 7]) == TreeDraft([8, 7, 1], [-1, 0, -1]) and len(calls) == 2  # 2 lookup tokens + 1
+    assert LookupDrafter(inner, tokens=3)(None, [1, 5, 6, 7, 8, 1]) == TreeDraft([5, 6, 7, 1, 2], [-1, 0, 1, -1, -1])
+
+
 def test_the_acceptance_histogram_counts_passes_longer_than_the_block():
     """Prompt lookup may draft more than L - 1 tokens, so a pass may add more than L."""
     greedy_run = Generation(list(range(10)), 1.0, 10)

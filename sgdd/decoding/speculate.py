@@ -143,7 +143,8 @@ def context_draft(context: Sequence[int], tokens: int, longest: int = 3) -> list
 class LookupDrafter:
     """Prompt lookup beside another drafter: the chain :func:`context_draft` finds (``tokens`` long
     at most) first, then ``inner``'s draft merged into it as a tree (:meth:`TreeDraft.merged`), at
-    most ``nodes`` nodes in all (None: no cap). ``inner`` None: the lookup alone."""
+    most ``nodes`` nodes in all (None: no cap). ``inner`` None: the lookup alone. Where the chain
+    fills the cap, ``inner`` is not asked (none of its nodes could enter)."""
 
     def __init__(self, inner: "Drafter | None", tokens: int, longest: int = 3, nodes: int | None = None):
         if tokens < 1 or longest < 1 or (nodes is not None and nodes < 1):
@@ -153,7 +154,7 @@ class LookupDrafter:
     def __call__(self, h: torch.Tensor, context: list[int]) -> TreeDraft:
         found = context_draft(context, self.tokens, self.longest)
         tree = TreeDraft.chain(found[: self.nodes] if self.nodes is not None else found)
-        if self.inner is None:
+        if self.inner is None or (self.nodes is not None and len(tree.tokens) == self.nodes):
             return tree
         other = self.inner(h, context)
         return tree.merged(other if isinstance(other, TreeDraft) else TreeDraft.chain(other), self.nodes)
