@@ -408,6 +408,8 @@ def test_prompt_lookup_drafts_what_followed_the_latest_longest_match():
     # the longest run first: "1 2" last occurred before 8, but "0 1 2" only before 4
     assert context_draft([0, 1, 2, 4, 5, 1, 2, 8, 0, 1, 2], 2) == [4, 5]
     assert context_draft([0, 1, 2, 4, 5, 1, 2, 8, 0, 1, 2], 2, longest=2) == [8, 0]
+    assert context_draft([4, 1, 2, 4, 1, 3, 9, 1], 3, shortest=2) == []  # only a one-token match there
+    assert context_draft(ctx, 3, shortest=2) == [5, 6, 7]
 
 
 def test_a_merged_tree_shares_common_prefixes_and_keeps_the_cap():
@@ -417,8 +419,9 @@ def test_a_merged_tree_shares_common_prefixes_and_keeps_the_cap():
     assert chain.merged(head, nodes=4) == TreeDraft([5, 6, 7, 4], [-1, 0, 1, -1])  # the cap: other's first nodes
     assert chain.merged(TreeDraft([4, 9], [-1, 0]), nodes=4) == TreeDraft([5, 6, 7, 4], [-1, 0, 1, -1])  # 9: the cap
     assert TreeDraft.chain([]).merged(head) == head and chain.merged(TreeDraft.chain([])) == chain
-    with pytest.raises(ValueError, match="prompt lookup needs"):
-        LookupDrafter(None, tokens=0)
+    for bad in ({"tokens": 0}, {"tokens": 3, "shortest": 4}, {"tokens": 3, "shortest": 0}):
+        with pytest.raises(ValueError, match="prompt lookup needs"):
+            LookupDrafter(None, **bad)
 
 
 def test_the_lookup_asks_the_other_drafter_only_while_its_nodes_can_enter():
@@ -545,8 +548,9 @@ def test_cli_drafts_trees_and_refuses_a_tree_over_several_passes(tiny_run, promp
 
 def test_cli_drafts_by_prompt_lookup_beside_the_head_or_alone(tiny_run, prompt_file, tmp_path):
     out = tmp_path / "spec"
-    report = speculate_report(tiny_run, prompt_file, out, "--lookup", "3", "--draft-nodes", "3")
+    report = speculate_report(tiny_run, prompt_file, out, "--lookup", "3", "--draft-nodes", "3", "--lookup-min-ngram", "2")
     assert report["identical_to_greedy"] is True and report["lookup"] == 3 and report["draft_head"] is True
+    assert report["lookup_min_ngram"] == 2 and "last 3 tokens down to 2" in (out / "report.md").read_text()
     assert 0 < report["drafted_per_pass"] <= 3 and "prompt lookup of up to 3 tokens" in (out / "report.md").read_text()
     report = speculate_report(tiny_run, prompt_file, out, "--lookup", "5", "--no-draft-head")
     assert report["identical_to_greedy"] is True and report["draft_head"] is False
@@ -554,7 +558,8 @@ def test_cli_drafts_by_prompt_lookup_beside_the_head_or_alone(tiny_run, prompt_f
     hist = report["acceptance_histogram"]  # every pass counted, also those of more than L tokens
     assert sum(hist.values()) == report["verification_passes"] and len(hist) >= L
     for bad, message in ((["--no-draft-head"], "--no-draft-head leaves nothing to draft"),
-                         (["--lookup", "-1"], "--lookup must be 0 (off) or more")):
+                         (["--lookup", "-1"], "--lookup must be 0 (off) or more"),
+                         (["--lookup", "3", "--lookup-min-ngram", "4"], "1 <= --lookup-min-ngram <= --lookup-ngram")):
         result = speculate_cli("--run", str(tiny_run), "--prompts", str(prompt_file), *bad)
         assert result.exit_code == 1 and message in result.output, result.output
 

@@ -126,13 +126,13 @@ class TreeDraft:
 Drafter = Callable[[torch.Tensor, list[int]], "list[int] | TreeDraft"]
 
 
-def context_draft(context: Sequence[int], tokens: int, longest: int = 3) -> list[int]:
+def context_draft(context: Sequence[int], tokens: int, longest: int = 3, shortest: int = 1) -> list[int]:
     """Prompt lookup (Saxena 2023; LLMA, Yang et al. 2023): the up to ``tokens`` tokens that followed
     the latest earlier occurrence of the context's last n tokens, for the largest n from
-    ``longest`` down to 1 that occurs before; [] if none does. Text that repeats itself or its
-    prompt (a small model's greedy output often loops) is then drafted at no model cost."""
+    ``longest`` down to ``shortest`` that occurs before; [] if none does. Text that repeats itself
+    or its prompt (a small model's greedy output often loops) is then drafted at no model cost."""
     last = context[-1] if context else None
-    for n in range(min(longest, len(context) - 1), 0, -1):
+    for n in range(min(longest, len(context) - 1), shortest - 1, -1):
         key = list(context[-n:])
         for end in range(len(context) - 2, n - 2, -1):  # the last token of an earlier occurrence
             if context[end] == last and list(context[end - n + 1 : end + 1]) == key:
@@ -142,17 +142,19 @@ def context_draft(context: Sequence[int], tokens: int, longest: int = 3) -> list
 
 class LookupDrafter:
     """Prompt lookup beside another drafter: the chain :func:`context_draft` finds (``tokens`` long
-    at most) first, then ``inner``'s draft merged into it as a tree (:meth:`TreeDraft.merged`), at
+    at most, a match of ``longest`` down to ``shortest`` tokens) first, then ``inner``'s draft merged into it as a tree (:meth:`TreeDraft.merged`), at
     most ``nodes`` nodes in all (None: no cap). ``inner`` None: the lookup alone. Where the chain
     fills the cap, ``inner`` is not asked (none of its nodes could enter)."""
 
-    def __init__(self, inner: "Drafter | None", tokens: int, longest: int = 3, nodes: int | None = None):
-        if tokens < 1 or longest < 1 or (nodes is not None and nodes < 1):
-            raise ValueError(f"prompt lookup needs tokens, longest and nodes >= 1, got {tokens}, {longest}, {nodes}")
-        self.inner, self.tokens, self.longest, self.nodes = inner, tokens, longest, nodes
+    def __init__(self, inner: "Drafter | None", tokens: int, longest: int = 3, nodes: int | None = None,
+                 shortest: int = 1):
+        if tokens < 1 or not 1 <= shortest <= longest or (nodes is not None and nodes < 1):
+            raise ValueError(f"prompt lookup needs tokens and nodes >= 1 and 1 <= shortest <= longest, got tokens "
+                             f"{tokens}, nodes {nodes}, shortest {shortest}, longest {longest}")
+        self.inner, self.tokens, self.longest, self.nodes, self.shortest = inner, tokens, longest, nodes, shortest
 
     def __call__(self, h: torch.Tensor, context: list[int]) -> TreeDraft:
-        found = context_draft(context, self.tokens, self.longest)
+        found = context_draft(context, self.tokens, self.longest, self.shortest)
         tree = TreeDraft.chain(found[: self.nodes] if self.nodes is not None else found)
         if self.inner is None or (self.nodes is not None and len(tree.tokens) == self.nodes):
             return tree

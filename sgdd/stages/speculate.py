@@ -94,6 +94,8 @@ class SpeculateConfig:
                       "--draft-nodes then caps the nodes of both together. 0 = off. Costs no model work; the output "
                       "is the base model's greedy output either way.")
     lookup_ngram: int = doc(3, "Prompt lookup: the longest run of last tokens it looks for.")
+    lookup_min_ngram: int = doc(1, "Prompt lookup: the shortest run of last tokens it takes; a match of one token is "
+                                "a weaker draft than the head's (RESULTS.md 3h).")
     draft_head: bool = doc(True, "Draft with the run's MTP head; --no-draft-head drafts by prompt lookup alone "
                            "(needs --lookup), to compare the two.")
     draft_vocab: int | None = doc(4096, "Draft only the N tokens most frequent among the run's training labels (the "
@@ -235,7 +237,8 @@ def write_markdown(report: dict, out: Path, picture: Path | None) -> None:
            if report.get("draft_widths", [1] * (report["block_length"] - 1)) != [1] * (report["block_length"] - 1) else "")
         + (f", a tree of the {report['draft_nodes']} most probable paths" if report.get("draft_nodes") else "")
         + (f", tokens of probability < {report['draft_min_prob']} left out" if report.get("draft_min_prob") else "")
-        + (f"; prompt lookup of up to {report['lookup']} tokens (last {report['lookup_ngram']} tokens down to one)"
+        + (f"; prompt lookup of up to {report['lookup']} tokens (last {report['lookup_ngram']} tokens down to "
+           f"{report.get('lookup_min_ngram', 1)})"
            + ("" if report.get("draft_head", True) else " alone, without the head") if report.get("lookup") else ""),
         f"- base model `{report['model']}`" + (f" ({report['gguf_file']})" if report.get("gguf_file") else "")
         + f", hidden state layer {report['layer']} stored as {report['hidden_dtype']}",
@@ -272,9 +275,9 @@ def run(cfg: SpeculateConfig) -> Path:
         raise SgddError("max_new_tokens, draft_passes and prompt_tokens must be at least 1")
     if not 0.0 <= cfg.draft_min_prob <= 1.0:
         raise SgddError(f"draft_min_prob must lie in [0, 1], got {cfg.draft_min_prob}")
-    if cfg.lookup < 0 or cfg.lookup_ngram < 1:
-        raise SgddError(f"--lookup must be 0 (off) or more and --lookup-ngram at least 1, got {cfg.lookup} and "
-                        f"{cfg.lookup_ngram}")
+    if cfg.lookup < 0 or not 1 <= cfg.lookup_min_ngram <= cfg.lookup_ngram:
+        raise SgddError(f"--lookup must be 0 (off) or more and 1 <= --lookup-min-ngram <= --lookup-ngram, got "
+                        f"{cfg.lookup}, {cfg.lookup_min_ngram} and {cfg.lookup_ngram}")
     if not cfg.draft_head and not cfg.lookup:
         raise SgddError("--no-draft-head leaves nothing to draft: give --lookup N (prompt lookup)")
     if cfg.draft_vocab is not None and cfg.draft_vocab < 1:
@@ -315,7 +318,7 @@ def run(cfg: SpeculateConfig) -> Path:
     drafter = HeadDrafter(head, block_length, sampling, device, precision, cfg.seed, vocab, cfg.draft_min_prob,
                           widths, cfg.draft_nodes) if cfg.draft_head else None
     if cfg.lookup:
-        drafter = LookupDrafter(drafter, cfg.lookup, cfg.lookup_ngram, cfg.draft_nodes)
+        drafter = LookupDrafter(drafter, cfg.lookup, cfg.lookup_ngram, cfg.draft_nodes, cfg.lookup_min_ngram)
     prompts = [lm.tokenizer(t)["input_ids"][: cfg.prompt_tokens] for t in texts]
 
     greedy(base, prompts[0], min(8, cfg.max_new_tokens), eos)  # warm-up (first calls allocate), not timed
@@ -349,7 +352,8 @@ def run(cfg: SpeculateConfig) -> Path:
         "draft_passes": cfg.draft_passes, "draft_vocab": None if vocab is None else len(vocab),
         "draft_min_prob": cfg.draft_min_prob, "draft_widths": list(widths),
         "draft_nodes": cfg.draft_nodes, "draft_head": cfg.draft_head, "lookup": cfg.lookup,
-        "lookup_ngram": cfg.lookup_ngram, "sampling": dataclasses.asdict(sampling),
+        "lookup_ngram": cfg.lookup_ngram, "lookup_min_ngram": cfg.lookup_min_ngram,
+        "sampling": dataclasses.asdict(sampling),
         "identical_to_greedy": not differences, "differences": differences[:20],
         **summary(greedy_runs, spec_runs, block_length),
     }
