@@ -142,9 +142,10 @@ def context_draft(context: Sequence[int], tokens: int, longest: int = 3, shortes
 
 class LookupDrafter:
     """Prompt lookup beside another drafter: the chain :func:`context_draft` finds (``tokens`` long
-    at most, a match of ``longest`` down to ``shortest`` tokens) first, then ``inner``'s draft merged into it as a tree (:meth:`TreeDraft.merged`), at
-    most ``nodes`` nodes in all (None: no cap). ``inner`` None: the lookup alone. Where the chain
-    fills the cap, ``inner`` is not asked (none of its nodes could enter)."""
+    at most, from a match of ``longest`` down to ``shortest`` tokens) first, then ``inner``'s draft
+    merged into it as a tree (:meth:`TreeDraft.merged`), at most ``nodes`` nodes in all (None: no
+    cap). ``inner`` None: the lookup alone. Where the chain fills the cap, ``inner`` is not asked
+    (none of its nodes could enter)."""
 
     def __init__(self, inner: "Drafter | None", tokens: int, longest: int = 3, nodes: int | None = None,
                  shortest: int = 1):

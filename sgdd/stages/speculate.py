@@ -195,7 +195,7 @@ def summary(greedy_runs: list[Generation], spec_runs: list[Generation], block_le
     return {
         "acceptance_length": sum(passes) / max(len(passes), 1),
         "acceptance_histogram": {str(k): hist.get(k, 0)  # beyond L where prompt lookup drafts more
-                                 for k in range(1, max(block_length, *passes, 0) + 1)},
+                                 for k in range(1, max(block_length, max(passes, default=0)) + 1)},
         "verification_passes": len(passes),
         "drafted_per_pass": sum(n for g in spec_runs for n in g.drafted) / max(len(passes), 1),
         "tokens": tokens,
