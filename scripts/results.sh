@@ -8,6 +8,7 @@
 #   bash scripts/results.sh recon-fast eval-recon-fast recon-cpu-cheap eval-recon-cpu-cheap   (the cheaper steps)
 #   RUN=runs/recon-cpu-cheap bash scripts/results.sh tune-recon-search eval-recon-search   (test-time search, chosen on validation)
 #   bash scripts/results.sh recon-cpu-collect recon-cpu-200k eval-recon-cpu-200k   (the preset on 200,000 sentences)
+#   bash scripts/results.sh tune-recon-search-wide; REFINE="..." bash scripts/results.sh eval-recon-search-wide   (more search)
 #   bash scripts/results.sh mtp-gen-collect mtp-gen eval-mtp-gen tune-mtp-draft eval-mtp-draft   (the MTP head as a speculative decoder)
 #   bash scripts/results.sh spec-2threads tune-draft-floor tune-draft-width; WIDTH=K bash scripts/results.sh eval-draft-width
 #     (the drafter alone on both cores; FLOOR=P ... eval-draft-floor runs a chosen probability floor)
@@ -246,6 +247,25 @@ eval_recon_cpu_200k() {  # the preset's one decode of the 600 test sentences, an
   OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4 \
     --refine encoder --refine-steps 4 --refine-candidates 4 --metric token_accuracy --metric bleu --metric encoder_cosine \
     --out $run/eval-test-beam4-refine4x4
+}
+tune_recon_search_wide() {  # more search on the 120-minute model (RESULTS.md 0b), first 100 validation sentences, one
+  # thread each, side by side: beam 4 + 4 x 4 (the chosen search), 8 x 8, 8 x 8 at refinement temperature 1
+  local run=${RUN:-runs/recon-cpu-zen5} v=(--split validation --max-samples 100 --steps 16 --repetition-penalty 2
+    --length beam:4 --refine encoder --metric token_accuracy --metric bleu --metric encoder_cosine)
+  OMP_NUM_THREADS=1 $SGDD eval --run $run "${v[@]}" --refine-steps 4 --refine-candidates 4 \
+    --out $run/search-validation-beam4-refine4x4 &
+  OMP_NUM_THREADS=1 $SGDD eval --run $run "${v[@]}" --refine-steps 8 --refine-candidates 8 \
+    --out $run/search-validation-beam4-refine8x8 &
+  wait
+  OMP_NUM_THREADS=1 $SGDD eval --run $run "${v[@]}" --refine-steps 8 --refine-candidates 8 --refine-temperature 1.0 \
+    --out $run/search-validation-beam4-refine8x8-t1
+}
+eval_recon_search_wide() {  # what tune-recon-search-wide chose (REFINE, default 8 rounds x 8), on the first 100 test sentences
+  local run=${RUN:-runs/recon-cpu-zen5}
+  # shellcheck disable=SC2086
+  OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4 \
+    --refine encoder ${REFINE:---refine-steps 8 --refine-candidates 8} --metric token_accuracy --metric bleu \
+    --metric encoder_cosine --out $run/eval-test-beam4-refine-wide
 }
 eval_recon_cpu_ablations() {
   for run in runs/abl12-recipe runs/abl12-scratch-adaln runs/abl12-pads runs/abl12-iid runs/abl12-body-adaln; do
