@@ -1,9 +1,9 @@
 """Training throughput of Stage 2 on this machine: tokens/s and the share of step time spent
 waiting for data, for the seed-size decoder (configs/wiki-reconstruct.yaml: 6 layers, 512
 wide, 8 heads, 64 tokens) and the CPU-size one (configs/cpu-small.yaml: 4 layers, 256 wide,
-4 heads, 32 tokens), in fp32 and bf16 autocast; ``--sizes quickstart`` times the train section
-of configs/quickstart.yaml (the reconstruction recipe on a pretrained body: give a cache collected
-by the quickstart, which carries the encoder's weights).
+4 heads, 32 tokens), in fp32 and bf16 autocast; ``--sizes quickstart`` and ``--sizes recon`` time
+the train sections of configs/quickstart.yaml and configs/recon-cpu.yaml (the reconstruction recipe
+on a pretrained body: give a cache they collected, which carries the encoder's weights).
 
 Each configuration runs the real trainer's ``train_step`` (sampler, noise, masked loss with
 logits at masked positions only, backward, clip, AdamW, EMA off) on a sentence cache:
@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = {"seed": "wiki-reconstruct.yaml", "cpu": "cpu-small.yaml", "quickstart": "quickstart.yaml"}
+SIZES = {"seed": "wiki-reconstruct.yaml", "cpu": "cpu-small.yaml", "quickstart": "quickstart.yaml",
+         "recon": "recon-cpu.yaml"}
 
 
 def synthetic_cache(root: Path) -> Path:

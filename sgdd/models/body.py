@@ -167,6 +167,7 @@ class BodyDecoder(OutputVocab, nn.Module):
         if L > self.cfg.max_len:
             raise ValueError(f"sequence length {L} exceeds max_len {self.cfg.max_len}")
         cond = self.condition(z, drop) if kv is None else kv
+        self._fit_attention(x_t.device)
         words = self.tok_emb(x_t)  # [B, L, H]
         if self.cfg.conditioning == "adaln":
             self.modulation.value = cond  # read by the modulated norms during this forward
@@ -177,6 +178,14 @@ class BodyDecoder(OutputVocab, nn.Module):
         inputs = torch.cat([cond.to(words.dtype), words], dim=1)  # [B, K + L, H]
         out = self.body(inputs_embeds=inputs)  # every position is real: no attention mask
         return out.last_hidden_state[:, cond.shape[1]:]  # [B, L, H]
+
+    def _fit_attention(self, device: torch.device) -> None:
+        """The body's attention kernel for ``device``: on a CPU the explicit one ("eager"), whose
+        backward at these lengths (<= 64 positions) is several times faster than the fused SDPA
+        kernel's (BENCHMARKS.md, section 0); elsewhere SDPA. Chosen at the first forward on a device."""
+        wanted = "eager" if device.type == "cpu" else "sdpa"
+        if self.body.config._attn_implementation != wanted:
+            self.body.set_attn_implementation(wanted)
 
     @property
     def projection(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:

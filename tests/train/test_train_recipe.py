@@ -157,3 +157,27 @@ def test_adaln_body_starts_as_the_encoder_and_learns_from_the_condition(body_cac
     result = fit(tiny_cfg(body_cache, tmp_path / "fit", **RECIPE | {"model.conditioning": "adaln",
                                                                    "optim.max_steps": 3, "ema_decay": 0.9}))
     assert result.step == 3
+
+
+def test_body_computes_attention_explicitly_on_cpu_and_as_sdpa_would(body_cache, tmp_path):
+    cfg = tiny_cfg(body_cache, tmp_path / "run", **BODY | {"model.conditioning": "adaln"})
+    model = build_model(cfg, load_data(cfg))
+    model.ada_mlp[2].bias.data.normal_()  # a condition that moves the body
+    ids, z = torch.tensor([[0, 5, 6, 7, 2], [0, 8, 4, 4, 2]]), torch.randn(2, model.cond_dim)
+
+    def output_and_grads():
+        model.zero_grad()
+        out = model(ids, None, z)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.body.parameters() if p.grad is not None]
+
+    model.body.set_attn_implementation("eager")
+    model._fit_attention(torch.device("cuda"))  # what another device gets (nothing runs there)
+    assert model.body.config._attn_implementation == "sdpa"
+    model._fit_attention = lambda device: None  # the reference: SDPA on this CPU
+    fused, fused_grads = output_and_grads()
+    del model._fit_attention
+    explicit, explicit_grads = output_and_grads()  # the forward on this CPU switches to the explicit kernel
+    assert model.body.config._attn_implementation == "eager"
+    assert torch.allclose(explicit, fused, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(explicit_grads, fused_grads))
