@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+
 def run(method: str, corpus: str, model: str, out: str) -> dict:
     """One run of ``method`` (sgdd or ceiling) in this process; sgdd's shard loop is timed by phase."""
     from bench import collect as bc
