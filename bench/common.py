@@ -27,6 +27,18 @@ class Setup:
     workdir: Path
 
 
+def flop_counter():
+    """torch's ``FlopCounterMode`` (no display), also counting the in-place ``addmm_`` that the fused
+    loss sums its gradient products with (torch's own table has only the out-of-place ``addmm``)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def addmm_flops(input_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:  # C += A [m, k] B [k, n]
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_flops})
+
+
 def write_corpus(path: Path, n: int, quick: bool, documents: bool = False) -> Path:
     """n cleaned, filtered, de-duplicated Wikipedia sentences, one per line (the same input for
     every method); ``documents``: n whole articles, one per line (LLM mode). --quick, or no

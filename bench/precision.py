@@ -28,7 +28,7 @@ import json
 import sys
 import time
 
-from bench.common import alternate, summary
+from bench.common import alternate, flop_counter, summary
 from bench.train import BATCH, DECODER, matmul_peak
 
 METHODS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "auto": ("auto", False),
@@ -46,7 +46,6 @@ def capability() -> dict:
 
 def worker(args: dict) -> dict:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from sgdd.models.decoder import DecoderConfig
     from sgdd.runtime import pick_precision
@@ -81,7 +80,7 @@ def worker(args: dict) -> dict:
         stats = train_step(state, data.train, cfg, prec, device)
         seconds += time.perf_counter() - began
         tokens += stats.samples * data.train.length
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         train_step(state, data.train, cfg, prec, device)
     flops = counter.get_total_flops()
     d, L, V, E = DECODER["d_model"], DECODER["max_len"], data.vocab_size, data.embeddings.shape[1]

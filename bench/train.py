@@ -16,7 +16,7 @@ import json
 import sys
 import time
 
-from bench.common import Setup, alternate, peak_rss_mib, summary
+from bench.common import Setup, alternate, flop_counter, peak_rss_mib, summary
 
 METHODS = ["cache", "encoder_loop"]
 DECODER = dict(n_layers=4, d_model=256, n_heads=4, max_len=32)
@@ -63,7 +63,6 @@ def decoder_from_cache(cache_dir: str):
 
 def worker(args: dict) -> dict:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from sgdd.models.diffusion import DiffusionConfig
     from sgdd.runtime import pick_precision
@@ -113,7 +112,7 @@ def worker(args: dict) -> dict:
         data_s, total_s = data_s + (t1 - t0), total_s + (t2 - t0)
 
     x0, z = get_batch(0)
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         step(x0, z)
     flops = counter.get_total_flops()
     d, L, V, E = DECODER["d_model"], DECODER["max_len"], model.vocab_size, model.tok_emb.weight.shape[1]

@@ -68,8 +68,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 e = e.to(grad_dtype)
                 grad_x[lo:hi] = s * (e @ w_grad).float()
                 right = (torch.cat([xc.float() * s, s], 1) if grad_weight else s).to(grad_dtype)  # [c, E + 1] or [c, 1]
-                # summed in the products' dtype: one rounding per chunk, as the products were before
-                grad_wb = e.t() @ right if grad_wb is None else torch.addmm(grad_wb, e.t(), right)
+                if grad_wb is None:
+                    grad_wb = e.t() @ right
+                else:  # summed in place in the products' dtype: one rounding per chunk, as before
+                    grad_wb.addmm_(e.t(), right)
         if grads:
             w = token_weight.float()[:, None]  # the one-hot part: row j subtracts w_j W[y_j] and w_j [x_j, 1]
             grad_x -= w * w_grad[target].float()
