@@ -236,7 +236,8 @@ eval_recon_search() {  # what tune-recon-search chose (a length beam of 4, four 
   wait
 }
 recon_cpu_200k() {  # configs/recon-cpu.yaml as it is: 200,000 sentences, its 120-minute budget on two threads
-  # (RESULTS.md 0b; the run there is runs/recon-cpu-zen5)
+  # (RESULTS.md 0b; the run there is runs/recon-cpu-zen5, and RUN=runs/recon-cpu-zen5-eager the rerun at
+  # the body's explicit attention on a CPU, 0c)
   OMP_NUM_THREADS=2 train "${RUN:-runs/recon-cpu-zen5}" --config configs/recon-cpu.yaml --set optim.max_minutes="${MINUTES:-120}"
 }
 eval_recon_cpu_200k() {  # the preset's one decode of the 600 test sentences, and the search tune-recon-search chose
