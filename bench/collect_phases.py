@@ -45,8 +45,11 @@ def run(method: str, corpus: str, model: str, out: str) -> dict:
         return out
 
     modes.SentenceMode.encode, loop.write_shards = timed_encode, timed_write_shards
-    result = bc.worker({"method": method, "model": model, "corpus": corpus, "out": out,
-                        "max_tokens": bc.max_tokens(False)})
+    try:
+        result = bc.worker({"method": method, "model": model, "corpus": corpus, "out": out,
+                            "max_tokens": bc.max_tokens(False)})
+    finally:  # the next run times with its own marks, not through this run's wrappers too
+        modes.SentenceMode.encode, loop.write_shards = encode, write_shards
     row = {"method": method, "seconds": result["seconds"], "tokens_per_s": result["tokens"] / result["seconds"]}
     spans = marks["encode"]
     if spans:
