@@ -268,6 +268,35 @@ eval_recon_search_wide() {  # what tune-recon-search-wide chose (REFINE, default
     --refine encoder ${REFINE:---refine-steps 8 --refine-candidates 8} --metric token_accuracy --metric bleu \
     --metric encoder_cosine --out $run/eval-test-beam4-refine-wide
 }
+# The same ablations on the 200,000-sentence cache with the recipe as it is now (AdaLN on the body's norms, frozen
+# embeddings, the sampled softmax), ABL_MINUTES (default 10) each, one after another alone on two threads, one change
+# each; the scratch bodies have the pretrained body's shape (6 x 384, 12 heads). RESULTS.md 0d.
+ABL_RUNS=(recipe body-prefix scratch-adaln scratch-cross pads iid)
+recon_cpu_ablations_200k() {
+  local base=(--config configs/recon-cpu.yaml --set optim.max_minutes="${ABL_MINUTES:-10}" --set eval_every=0
+              --set save_every=100000) scratch=(--set model.init_body=none --set model.d_model=384 --set model.n_heads=12)
+  local -A change=([recipe]="" [body-prefix]="--set model.conditioning=prefix --set model.cond_tokens=8"
+    [scratch-adaln]="${scratch[*]} --set model.conditioning=adaln"
+    [scratch-cross]="${scratch[*]} --set model.conditioning=cross --set model.cond_tokens=4"
+    [pads]="--set batching=padded --set model.length_head=false" [iid]="--set diffusion.stratified=false")
+  local name
+  for name in "${ABL_RUNS[@]}"; do
+    # shellcheck disable=SC2086
+    OMP_NUM_THREADS=2 train runs/abl200k-$name "${base[@]}" ${change[$name]}
+  done
+}
+eval_recon_cpu_ablations_200k() {  # one decode of the first 300 validation sentences (the split defaults are chosen on)
+  local name
+  for name in "${ABL_RUNS[@]}"; do
+    OMP_NUM_THREADS=2 $SGDD eval --run runs/abl200k-$name --split validation --max-samples 300 --steps 16 \
+      --repetition-penalty 2 --metric token_accuracy --metric bleu --out runs/abl200k-$name/eval-validation
+  done
+}
+paraphrase_recon_cpu_200k() {  # phase 2 from the 200,000-sentence preset's model (RUN, RESULTS.md 0c's by default)
+  local run=${RUN:-runs/recon-cpu-zen5-eager}
+  OMP_NUM_THREADS=2 $SGDD run configs/paraphrase-recon-cpu.yaml --set train.init_from="$run" \
+    --set train.out="runs/paraphrase-$(basename "$run")"
+}
 eval_recon_cpu_ablations() {
   for run in runs/abl12-recipe runs/abl12-scratch-adaln runs/abl12-pads runs/abl12-iid runs/abl12-body-adaln; do
     $SGDD eval --run $run --split test --max-samples 300 --steps 16 --out $run/eval-test
