@@ -271,14 +271,15 @@ eval_recon_search_wide() {  # what tune-recon-search-wide chose (REFINE, default
 # The same ablations on the 200,000-sentence cache with the recipe as it is now (AdaLN on the body's norms, frozen
 # embeddings, the sampled softmax), ABL_MINUTES (default 10) each, one after another alone on two threads, one change
 # each; the scratch bodies have the pretrained body's shape (6 x 384, 12 heads). RESULTS.md 0d.
-ABL_RUNS=(recipe body-prefix scratch-adaln scratch-cross pads iid)
+# ABL (default: all) names the runs to make or evaluate; recipe-seed1 repeats the recipe with another seed.
+read -ra ABL_RUNS <<< "${ABL:-recipe body-prefix scratch-adaln scratch-cross pads iid recipe-seed1}"
 recon_cpu_ablations_200k() {
   local base=(--config configs/recon-cpu.yaml --set optim.max_minutes="${ABL_MINUTES:-10}" --set eval_every=0
               --set save_every=100000) scratch=(--set model.init_body=none --set model.d_model=384 --set model.n_heads=12)
   local -A change=([recipe]="" [body-prefix]="--set model.conditioning=prefix --set model.cond_tokens=8"
     [scratch-adaln]="${scratch[*]} --set model.conditioning=adaln"
     [scratch-cross]="${scratch[*]} --set model.conditioning=cross --set model.cond_tokens=4"
-    [pads]="--set batching=padded --set model.length_head=false" [iid]="--set diffusion.stratified=false")
+    [pads]="--set batching=padded --set model.length_head=false" [iid]="--set diffusion.stratified=false" [recipe-seed1]="--seed 1")
   local name
   for name in "${ABL_RUNS[@]}"; do
     # shellcheck disable=SC2086
