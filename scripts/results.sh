@@ -134,7 +134,7 @@ recon_cpu_ablations() {  # each ABL_MINUTES (default 12; RESULTS.md used 10) min
   train runs/abl12-body-adaln "${base[@]}" --set model.conditioning=adaln
 }
 quickstart_batch() {  # the quickstart's batch size: 12 minutes each, two runs side by side on one thread each,
-  # validation on 512 sentences (eval_batches x batch_size; 256 for exp-B32, as it was run); RESULTS.md section 0
+  # validation on the 500 validation sentences (eval_batches x batch_size of them; 256 for exp-B32, as it was run); RESULTS.md section 0
   local base=("${RECON40K[@]}" "${PREFIX_RECIPE[@]}" --set optim.max_minutes=12 --set eval_every=100000
               --set save_every=100000)
   OMP_NUM_THREADS=1 train runs/exp-A "${base[@]}" --set optim.batch_size=64 --set eval_batches=8 &
@@ -146,7 +146,7 @@ quickstart_batch() {  # the quickstart's batch size: 12 minutes each, two runs s
   wait
 }
 recon_fast() {  # cheaper steps for the quickstart's 12-minute budget: the quickstart's training settings on
-  # cache/recon32, 12 minutes each, two runs side by side on one thread each, validation on 512 sentences at
+  # cache/recon32, 12 minutes each, two runs side by side on one thread each, validation on the 500 validation sentences at
   # the end, then BLEU on 200 validation sentences (RESULTS.md section 0)
   local base=("${RECON40K[@]}" "${PREFIX_RECIPE[@]}" --set optim.max_minutes=12 --set optim.batch_size=32
               --set model.vocab=corpus --set optim.warmup_steps=50 --set eval_every=0 --set save_every=100000
@@ -304,7 +304,7 @@ eval_recon_cpu_ablations_200k() {  # one decode of the first 300 validation sent
   local name
   for name in "${ABL_RUNS[@]}"; do
     OMP_NUM_THREADS=2 $SGDD eval --run runs/abl200k-$name --split validation --max-samples 300 --steps 16 \
-      --repetition-penalty 2 --metric token_accuracy --metric bleu --out runs/abl200k-$name/eval-validation
+      --repetition-penalty 2 --metric token_accuracy --metric bleu --metric bow_f1 --out runs/abl200k-$name/eval-validation
   done
 }
 paraphrase_recon_cpu_200k() {  # phase 2 from the 200,000-sentence preset's model (RUN, RESULTS.md 0c's by default)
