@@ -256,12 +256,21 @@ tune_recon_sampler() {  # the remasking rule and unmasking schedule of one decod
   OMP_NUM_THREADS=2 $SGDD eval --run $run "${v[@]}" --max-samples 300 --sweep sampler=maskgit_plus,entropy,topk_margin,llada \
     --sweep schedule=cosine,linear --out $run/tune-sampler-validation
   OMP_NUM_THREADS=2 $SGDD eval --run $run "${v[@]}" --sweep sampler=maskgit_plus,topk_margin --out $run/tune-sampler-validation-all
+  # and inside the search (length beam 4, four rounds of four with the encoder as judge), first 100, both rules
+  local s=(--split validation --max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4 --refine encoder
+    --refine-steps 4 --refine-candidates 4 --metric token_accuracy --metric bleu --metric encoder_cosine)
+  OMP_NUM_THREADS=2 $SGDD eval --run $run "${s[@]}" --out $run/search-validation-beam4-refine4x4
+  OMP_NUM_THREADS=2 $SGDD eval --run $run "${s[@]}" --sampler topk_margin --out $run/search-validation-beam4-refine4x4-margin
 }
-eval_recon_sampler() {  # the rule tune-recon-sampler chose (topk_margin) against the preset's old one, on the 600 test sentences
+eval_recon_sampler() {  # the rule tune-recon-sampler chose (topk_margin) against the preset's old one, on the 600 test sentences;
+  # then inside the search on the first 100 (validation preferred the old rule there)
   local run=${RUN:-runs/recon-cpu-zen5-eager}
   OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 600 --steps 16 --repetition-penalty 2 \
     --metric exact_match --metric token_accuracy --metric bleu --metric bow_f1 --sweep sampler=maskgit_plus,topk_margin \
     --out $run/eval-test-sampler
+  OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4 \
+    --refine encoder --refine-steps 4 --refine-candidates 4 --metric token_accuracy --metric bleu --metric encoder_cosine \
+    --sampler topk_margin --out $run/eval-test-beam4-refine4x4-margin
 }
 tune_recon_search_wide() {  # more search on the 120-minute model (RESULTS.md 0b), first 100 validation sentences, one
   # thread each, side by side: beam 4 + 4 x 4 (the chosen search), 8 x 8, 8 x 8 at refinement temperature 1
