@@ -227,10 +227,13 @@ tune_recon_search() {  # test-time search with the encoder as judge, chosen on 1
     --out $run/search-validation-refine4x4 &
   wait
 }
-eval_recon_search() {  # what tune-recon-search chose (a length beam of 4, four rounds of four candidates),
-  # together, on the same 100 validation sentences and on the first 100 test sentences, side by side
-  local run=${RUN:-runs/recon-cpu-cheap} s=(--max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4
-    --refine encoder --refine-steps 4 --refine-candidates 4 --metric token_accuracy --metric bleu --metric encoder_cosine)
+# The search tune-recon-search chose: one decode's settings, a length beam of 4, then four rounds of four candidates
+# with the encoder as judge, on the first 100 sentences of a split
+SEARCH4=(--max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4 --refine encoder --refine-steps 4
+         --refine-candidates 4 --metric token_accuracy --metric bleu --metric encoder_cosine)
+eval_recon_search() {  # what tune-recon-search chose, on the same 100 validation sentences and on the first 100 test
+  # sentences, side by side
+  local run=${RUN:-runs/recon-cpu-cheap} s=("${SEARCH4[@]}")
   OMP_NUM_THREADS=1 $SGDD eval --run $run --split validation "${s[@]}" --out $run/search-validation-beam4-refine4x4 &
   OMP_NUM_THREADS=1 $SGDD eval --run $run --split test "${s[@]}" --out $run/eval-test-beam4-refine4x4 &
   wait
@@ -245,9 +248,7 @@ eval_recon_cpu_200k() {  # the preset's one decode of the 600 test sentences, an
   local run=${RUN:-runs/recon-cpu-zen5}
   OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 600 --steps 16 --repetition-penalty 2 \
     --out $run/eval-test
-  OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4 \
-    --refine encoder --refine-steps 4 --refine-candidates 4 --metric token_accuracy --metric bleu --metric encoder_cosine \
-    --out $run/eval-test-beam4-refine4x4
+  OMP_NUM_THREADS=2 $SGDD eval --run $run --split test "${SEARCH4[@]}" --out $run/eval-test-beam4-refine4x4
 }
 tune_recon_sampler() {  # the remasking rule and unmasking schedule of one decode, on the 0c model: the first 300
   # validation sentences, then the two best rules on all 500 (RESULTS.md 0e)
@@ -257,10 +258,9 @@ tune_recon_sampler() {  # the remasking rule and unmasking schedule of one decod
     --sweep schedule=cosine,linear --out $run/tune-sampler-validation
   OMP_NUM_THREADS=2 $SGDD eval --run $run "${v[@]}" --sweep sampler=maskgit_plus,topk_margin --out $run/tune-sampler-validation-all
   # and inside the search (length beam 4, four rounds of four with the encoder as judge), first 100, both rules
-  local s=(--split validation --max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4 --refine encoder
-    --refine-steps 4 --refine-candidates 4 --metric token_accuracy --metric bleu --metric encoder_cosine)
-  OMP_NUM_THREADS=2 $SGDD eval --run $run "${s[@]}" --out $run/search-validation-beam4-refine4x4
-  OMP_NUM_THREADS=2 $SGDD eval --run $run "${s[@]}" --sampler topk_margin --out $run/search-validation-beam4-refine4x4-margin
+  OMP_NUM_THREADS=2 $SGDD eval --run $run --split validation "${SEARCH4[@]}" --out $run/search-validation-beam4-refine4x4
+  OMP_NUM_THREADS=2 $SGDD eval --run $run --split validation "${SEARCH4[@]}" --sampler topk_margin \
+    --out $run/search-validation-beam4-refine4x4-margin
 }
 eval_recon_sampler() {  # the rule tune-recon-sampler chose (topk_margin) against the preset's old one, on the 600 test sentences;
   # then inside the search on the first 100 (validation preferred the old rule there)
@@ -268,9 +268,8 @@ eval_recon_sampler() {  # the rule tune-recon-sampler chose (topk_margin) agains
   OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 600 --steps 16 --repetition-penalty 2 \
     --metric exact_match --metric token_accuracy --metric bleu --metric bow_f1 --sweep sampler=maskgit_plus,topk_margin \
     --out $run/eval-test-sampler
-  OMP_NUM_THREADS=2 $SGDD eval --run $run --split test --max-samples 100 --steps 16 --repetition-penalty 2 --length beam:4 \
-    --refine encoder --refine-steps 4 --refine-candidates 4 --metric token_accuracy --metric bleu --metric encoder_cosine \
-    --sampler topk_margin --out $run/eval-test-beam4-refine4x4-margin
+  OMP_NUM_THREADS=2 $SGDD eval --run $run --split test "${SEARCH4[@]}" --sampler topk_margin \
+    --out $run/eval-test-beam4-refine4x4-margin
 }
 tune_recon_search_wide() {  # more search on the 120-minute model (RESULTS.md 0b), first 100 validation sentences, one
   # thread each, side by side: beam 4 + 4 x 4 (the chosen search), 8 x 8, 8 x 8 at refinement temperature 1
