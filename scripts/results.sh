@@ -293,7 +293,9 @@ eval_recon_search_wide() {  # what tune-recon-search-wide chose (REFINE, default
 # The same ablations on the 200,000-sentence cache with the recipe as it is now (AdaLN on the body's norms, frozen
 # embeddings, the sampled softmax), ABL_MINUTES (default 10) each, one after another alone on two threads, one change
 # each; the scratch bodies have the pretrained body's shape (6 x 384, 12 heads). RESULTS.md 0d.
-# ABL (default: all) names the runs to make or evaluate; recipe-seed1 repeats the recipe with another seed.
+# ABL (default: the runs of 0d) names the runs to make or evaluate; recipe-seed1 repeats the recipe with another seed.
+# share-high draws the masked share as sqrt(u) (mean 2/3) instead of u, body-lr3 trains the body at 3e-4 instead of
+# 1e-4 (body-lr10 at 1e-3), batch128 doubles the batch; recipe-0f reruns the recipe beside them (RESULTS.md 0f).
 read -ra ABL_RUNS <<< "${ABL:-recipe body-prefix scratch-adaln scratch-cross pads iid recipe-seed1}"
 recon_cpu_ablations_200k() {
   local base=(--config configs/recon-cpu.yaml --set optim.max_minutes="${ABL_MINUTES:-10}" --set eval_every=0
@@ -301,7 +303,10 @@ recon_cpu_ablations_200k() {
   local -A change=([recipe]="" [body-prefix]="--set model.conditioning=prefix --set model.cond_tokens=8"
     [scratch-adaln]="${scratch[*]} --set model.conditioning=adaln"
     [scratch-cross]="${scratch[*]} --set model.conditioning=cross --set model.cond_tokens=4"
-    [pads]="--set batching=padded --set model.length_head=false" [iid]="--set diffusion.stratified=false" [recipe-seed1]="--seed 1")
+    [pads]="--set batching=padded --set model.length_head=false" [iid]="--set diffusion.stratified=false" [recipe-seed1]="--seed 1"
+    [share-high]="--set diffusion.schedule=polynomial --set diffusion.kappa=0.5" [body-lr3]="--set optim.body_lr=3e-4"
+    [body-lr10]="--set optim.body_lr=1e-3"
+    [batch128]="--set optim.batch_size=128" [recipe-0f]="")
   local name
   for name in "${ABL_RUNS[@]}"; do
     # shellcheck disable=SC2086

@@ -2,10 +2,14 @@
 
 After a decode, each round does, for every row at once:
 
-1. make C candidates: candidate c remasks the k_c least confident tokens of the current output
-   (k_c grows with c, from about n / (2C) to n / 2 of the row's n content tokens); confidence is
-   the probability the model gave each token when it committed it (re-decoded tokens get their
-   new one);
+1. make C candidates: candidate c remasks k_c tokens of the current output (k_c grows with c, from
+   about n / (2C) to n / 2 of the row's n content tokens), chosen by ``order``:
+
+   - ``confidence``: the least confident ones; confidence is the probability the model gave each
+     token when it committed it (re-decoded tokens get their new one);
+   - ``usefulness``: the least useful ones to the judge, those whose deletion raises the cosine
+     most (or lowers it least): every one-token deletion of every row is re-encoded in one batch;
+   - ``both``: even candidates by confidence, odd ones by usefulness;
 2. re-decode the remasked positions with the sampler (every candidate of every row in batches
    of equal length; sampling at ``temperature`` with one seeded generator);
 3. re-encode every candidate in one batch and keep the best one of a row only if it raises the
@@ -33,6 +37,7 @@ from sgdd.metrics import cosine
 from sgdd.models.diffusion import Schedule
 
 MAX_SHARE = 0.5  # the largest candidate remasks this share of a row's content tokens
+REMASK_ORDERS = ("confidence", "usefulness", "both")
 
 
 @dataclass
@@ -74,6 +79,26 @@ def remask(ids: torch.Tensor, confidence: torch.Tensor, content: torch.Tensor, k
     return torch.where((rank < k[:, None]) & content, torch.full_like(ids, mask_id), ids)
 
 
+def deletion_gains(ids: torch.Tensor, content: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor],
+                   target: torch.Tensor, current: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """[N, L]: how much the cosine of each row's re-encoded output to its ``target`` [N, D] rises
+    (from ``current`` [N]) when one content token is deleted; -inf where nothing is deleted.
+    A deleted token's followers move one position left; the last position gets the end token
+    (or its own token when there is none)."""
+    N, L = ids.shape
+    rows, pos = content.nonzero(as_tuple=True)  # one variant per content token
+    gains = torch.full((N, L), float("-inf"))
+    if rows.numel() == 0:
+        return gains
+    j = torch.arange(L)[None]  # [1, L]
+    source = torch.where(j >= pos[:, None], (j + 1).clamp(max=L - 1), j)  # [M, L]
+    variants = ids[rows].gather(1, source)
+    if eos_id is not None:
+        variants[:, -1] = torch.where(content[rows, -1], torch.full_like(rows, eos_id), variants[:, -1])
+    gains[rows, pos] = cosine(encode(variants), target[rows]) - current[rows]
+    return gains
+
+
 def redecode(model, z: torch.Tensor, start: torch.Tensor, lengths: torch.Tensor, sampling: Sampling,
              noise: Schedule, generator: torch.Generator, batch_size: int, autocast) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Finish the masked positions of ``start`` [M, L] (rows decoded at their ``lengths`` [M], in
@@ -95,11 +120,15 @@ def redecode(model, z: torch.Tensor, start: torch.Tensor, lengths: torch.Tensor,
 
 def refine(model, z: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, confidence: torch.Tensor,
            encode: Callable[[torch.Tensor], torch.Tensor], *, rounds: int, candidates: int, sampling: Sampling,
-           noise: Schedule, seed: int, batch_size: int, eos_id: int | None, autocast) -> list[Round]:
+           noise: Schedule, seed: int, batch_size: int, eos_id: int | None, autocast,
+           order: str = "confidence") -> list[Round]:
     """Refine decoded ``ids`` [N, L] (decoded lengths [N], commit-time log-probabilities
     ``confidence`` [N, L]) towards the conditions ``z`` [N, Dz] (on the model's device).
-    ``encode(ids [M, L]) -> vectors [M, D]`` re-encodes outputs. Returns round 0 (the input)
+    ``encode(ids [M, L]) -> vectors [M, D]`` re-encodes outputs; ``order`` (one of
+    :data:`REMASK_ORDERS`) picks the tokens a candidate remasks. Returns round 0 (the input)
     and one :class:`Round` per refinement round."""
+    if order not in REMASK_ORDERS:
+        raise ValueError(f"refinement order {order!r} unknown (valid: {', '.join(REMASK_ORDERS)})")
     generator = torch.Generator(device=z.device).manual_seed(seed)
     target = z.float().cpu()
     ids, confidence = ids.clone(), confidence.float().clone()
@@ -109,7 +138,10 @@ def refine(model, z: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor, con
     for _ in range(rounds):
         content = content_positions(ids, lengths, eos_id)  # [N, L]
         k = remask_counts(content.sum(1), C)  # [N, C]
-        starts = torch.stack([remask(ids, confidence, content, k[:, c], model.mask_id) for c in range(C)], 1)  # [N, C, L]
+        useless = None if order == "confidence" else -deletion_gains(ids, content, encode, target, best, eos_id)
+        scores = [useless if order == "usefulness" or (order == "both" and c % 2) else confidence
+                  for c in range(C)]  # per candidate [N, L]: the lowest are remasked
+        starts = torch.stack([remask(ids, scores[c], content, k[:, c], model.mask_id) for c in range(C)], 1)  # [N, C, L]
         flat_rows = torch.arange(N).repeat_interleave(C)  # [N*C]
         new_ids, new_logp, calls = redecode(model, z[flat_rows.to(z.device)], starts.flatten(0, 1),
                                             lengths[flat_rows], sampling, noise, generator, batch_size, autocast)

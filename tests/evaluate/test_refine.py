@@ -8,9 +8,10 @@ import torch
 
 from sgdd.cache import open_cache
 from sgdd.cache.views import sentence_view
-from sgdd.decoding.refine import content_positions, refine, remask, remask_counts
+from sgdd.decoding.refine import content_positions, deletion_gains, refine, remask, remask_counts
 from sgdd.decoding.rerank import ReEncoder
 from sgdd.decoding.samplers import Sampling
+from sgdd.metrics import cosine
 from sgdd.models.checkpoint import load_model
 from sgdd.models.diffusion import get_schedule
 from sgdd.runtime import pick_precision
@@ -36,7 +37,33 @@ def test_remask_takes_the_least_confident_content_tokens():
     assert remask(ids, conf, content, torch.tensor([2, 1]), 4).tolist() == [[0, 7, 4, 4, 2, 1], [0, 4, 2, 1, 1, 1]]
 
 
-def _refine(model, encoder, tokenizer, special, z, ids, seed):
+def test_deletion_gains_score_each_one_token_deletion():
+    ids = torch.tensor([[0, 7, 8, 9, 2, 1], [0, 5, 6, 6, 7, 9]])  # the second row fills L without an end token
+    content = content_positions(ids, torch.tensor([6, 6]), eos_id=2)
+    seen = []
+
+    def encode(x):  # a bag of content tokens, with a position weight so that order matters
+        seen.append(x.clone())
+        keep = content_positions(x, torch.full((x.shape[0],), x.shape[1]), eos_id=2)
+        weight = keep.float() * (1 + 0.1 * torch.arange(x.shape[1]))
+        return torch.zeros(x.shape[0], 10).scatter_add_(1, x, weight)
+
+    target = torch.tensor([[0, 0, 0, 0, 0, 1.0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1.0, 1, 1, 0, 0]])
+    current = cosine(encode(ids), target)
+    gains = deletion_gains(ids, content, encode, target, current, eos_id=2)
+    variants = seen[-1]
+    assert variants.tolist() == [[0, 8, 9, 2, 1, 1], [0, 7, 9, 2, 1, 1], [0, 7, 8, 2, 1, 1],
+                                 [0, 6, 6, 7, 9, 2], [0, 5, 6, 7, 9, 2], [0, 5, 6, 7, 9, 2],
+                                 [0, 5, 6, 6, 9, 2], [0, 5, 6, 6, 7, 2]]
+    expected = cosine(encode(variants), target[torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])]) - \
+        current[torch.tensor([0, 0, 0, 1, 1, 1, 1, 1])]
+    assert torch.allclose(gains[content], expected)
+    assert bool(torch.isinf(gains[~content]).all())
+    assert int(gains[0].argmax()) == 3  # token 9 is not in the first target: deleting it helps most
+    assert int(gains[1].argmax()) == 5
+
+
+def _refine(model, encoder, tokenizer, special, z, ids, seed, order="confidence"):
     from sgdd.stages.evaluate.data import to_texts
 
     def encode(x):
@@ -44,10 +71,12 @@ def _refine(model, encoder, tokenizer, special, z, ids, seed):
 
     return refine(model, z, ids, torch.full((ids.shape[0],), ids.shape[1]), torch.zeros(ids.shape), encode,
                   rounds=3, candidates=6, sampling=Sampling(steps=4, temperature=1.0), noise=get_schedule("cosine"),
-                  seed=seed, batch_size=8, eos_id=special["eos_id"], autocast=pick_precision("fp32", CPU).autocast)
+                  seed=seed, batch_size=8, eos_id=special["eos_id"], autocast=pick_precision("fp32", CPU).autocast,
+                  order=order)
 
 
-def test_refinement_never_lowers_the_cosine_and_is_reproducible(tmp_path, collected):
+@pytest.mark.parametrize("order", ["confidence", "usefulness", "both"])
+def test_refinement_never_lowers_the_cosine_and_is_reproducible(tmp_path, collected, order):
     from sgdd.decoding.maskgit import decode
     from sgdd.stages.evaluate.data import to_texts
 
@@ -59,7 +88,7 @@ def test_refinement_never_lowers_the_cosine_and_is_reproducible(tmp_path, collec
     encoder = ReEncoder(cache.encoder_info, CPU, pick_precision("fp32", CPU))
     z = sentence_view(cache.split("train"), 16, special["pad_id"]).vectors[:6]
     ids = decode(model, z, 4)
-    history = _refine(model, encoder, tokenizer, special, z, ids, seed=3)
+    history = _refine(model, encoder, tokenizer, special, z, ids, seed=3, order=order)
     assert len(history) == 4 and history[0].accepted is None
     for before, after in zip(history, history[1:]):
         assert bool((after.cosine >= before.cosine).all())  # per row, every round
@@ -70,7 +99,7 @@ def test_refinement_never_lowers_the_cosine_and_is_reproducible(tmp_path, collec
     texts = to_texts(history[-1].ids, "sentences", tokenizer, special)
     true = torch.nn.functional.cosine_similarity(encoder.encode(texts), z.float())
     assert torch.allclose(true, history[-1].cosine, atol=1e-5)
-    again = _refine(model, encoder, tokenizer, special, z, ids, seed=3)
+    again = _refine(model, encoder, tokenizer, special, z, ids, seed=3, order=order)
     assert all(torch.equal(a.ids, b.ids) for a, b in zip(history, again))
 
 

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from sgdd.config import PRECISIONS, doc
 from sgdd.decoding.lengths import length_problems
+from sgdd.decoding.refine import REMASK_ORDERS
 from sgdd.decoding.samplers import SAMPLERS, Sampling
 from sgdd.metrics import METRICS
 from sgdd.stages.evaluate.sweep import sweep_problems
@@ -56,6 +57,9 @@ class EvalConfig(Sampling):
     refine_steps: int = doc(3, "Refinement rounds with --refine encoder (metrics are reported after each).")
     refine_candidates: int = doc(8, "Candidates per row and refinement round: candidate c remasks a growing "
                                     "number of the least confident tokens (up to half of them).")
+    refine_order: str = doc("confidence", "Which tokens a refinement candidate remasks: confidence = the least "
+                                          "confident when committed; usefulness = those whose deletion raises the "
+                                          "cosine most (every one-token deletion re-encoded); both = alternately.")
     refine_temperature: float = doc(0.7, "Sampling temperature of the re-decoded tokens in refinement (0 = greedy; "
                                          "the seed makes it reproducible).")
     batch_size: int = doc(128, "Sequences decoded together.")
@@ -101,6 +105,8 @@ class EvalConfig(Sampling):
             p.append(f"refine_steps must be at least 1, got {self.refine_steps}")
         if self.refine_candidates < 1:
             p.append(f"refine_candidates must be at least 1, got {self.refine_candidates}")
+        if self.refine_order not in REMASK_ORDERS:
+            p.append(f"refine_order {self.refine_order!r} unknown (valid: {', '.join(REMASK_ORDERS)})")
         if self.refine_temperature < 0:
             p.append(f"refine_temperature must be >= 0, got {self.refine_temperature}")
         if self.precision not in PRECISIONS:

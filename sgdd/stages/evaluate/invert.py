@@ -128,7 +128,7 @@ def invert_texts(model, meta: dict, assets: RunAssets, texts: list[str], cfg: Ev
                          rounds=cfg.refine_steps, candidates=cfg.refine_candidates,
                          sampling=refine_sampling(Sampling.of(cfg), cfg.refine_temperature), noise=noise,
                          seed=cfg.seed, batch_size=cfg.batch_size, eos_id=special.get("eos_id"),
-                         autocast=precision.autocast)
+                         autocast=precision.autocast, order=cfg.refine_order)
         refined = (to_texts(history[-1].ids, "sentences", tokenizer, special), history)
 
     results = []

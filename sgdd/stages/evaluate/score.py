@@ -144,7 +144,7 @@ def evaluate_setting(cfg: EvalConfig, changes: dict, model, data: EvalData, spec
                          rounds=cfg.refine_steps, candidates=cfg.refine_candidates,
                          sampling=refine_sampling(Sampling.of(cfg), cfg.refine_temperature), noise=noise,
                          seed=cfg.seed, batch_size=cfg.batch_size, eos_id=special.get("eos_id"),
-                         autocast=precision.autocast)
+                         autocast=precision.autocast, order=cfg.refine_order)
         refine_seconds = time.perf_counter() - start
         refinement = rounds_summary(history)
         refine_calls = sum(r["forward_passes"] for r in refinement)
@@ -166,6 +166,7 @@ def evaluate_setting(cfg: EvalConfig, changes: dict, model, data: EvalData, spec
                      "candidate_samplers": list(cfg.candidate_samplers), "metrics": names, "length": str(rule),
                      "refine": cfg.refine, **({"refine_steps": cfg.refine_steps,
                                                "refine_candidates": cfg.refine_candidates,
+                                               "refine_order": cfg.refine_order,
                                                "refine_temperature": cfg.refine_temperature}
                                               if cfg.refine else {})},
         "metrics": metrics,
