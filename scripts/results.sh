@@ -18,6 +18,8 @@
 #     HEAD=runs/mtp-more-1l-cont TREE="--draft-nodes 3" ... spec-mtp-tree   (the head trained longer; bf16 weights in both loops)
 #   HEAD=runs/mtp-more-1l-cont PRECISION=fp32 (or bf16) bash scripts/results.sh tune-mtp-lookup; HEAD=... TREE="--draft-nodes 3 --lookup 3" ... spec-mtp-tree
 #     (prompt lookup beside the head, and alone)
+#   ABL="..." bash scripts/results.sh recon-cpu-ablations-200k eval-recon-cpu-ablations-200k curves-recon-cpu-ablations-200k;
+#     bash scripts/results.sh recon-cpu-lr3-paired tune-recon-refine-order   (equal-time ablations; the body's LR step for step)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -271,6 +273,16 @@ eval_recon_sampler() {  # the rule tune-recon-sampler chose (topk_margin) agains
   OMP_NUM_THREADS=2 $SGDD eval --run $run --split test "${SEARCH4[@]}" --sampler topk_margin \
     --out $run/eval-test-beam4-refine4x4-margin
 }
+tune_recon_refine_order() {  # which tokens a refinement candidate remasks, inside the search of SEARCH4 (0c's model,
+  # first 100 validation sentences; the least confident ones are the default, in search-validation-beam4-refine4x4):
+  # the least useful to the judge, and both alternately; one thread each, side by side (RESULTS.md 0f)
+  local run=${RUN:-runs/recon-cpu-zen5-eager} order
+  for order in usefulness both; do
+    OMP_NUM_THREADS=1 $SGDD eval --run $run --split validation "${SEARCH4[@]}" --refine-order $order \
+      --out $run/search-validation-beam4-refine4x4-$order &
+  done
+  wait
+}
 tune_recon_search_wide() {  # more search on the 120-minute model (RESULTS.md 0b), first 100 validation sentences, one
   # thread each, side by side: beam 4 + 4 x 4 (the chosen search), 8 x 8, 8 x 8 at refinement temperature 1
   local run=${RUN:-runs/recon-cpu-zen5} v=(--split validation --max-samples 100 --steps 16 --repetition-penalty 2
@@ -319,6 +331,45 @@ eval_recon_cpu_ablations_200k() {  # one decode of the first 300 validation sent
     OMP_NUM_THREADS=2 $SGDD eval --run runs/abl200k-$name --split validation --max-samples 300 --steps 16 \
       --repetition-penalty 2 --metric token_accuracy --metric bleu --metric bow_f1 --out runs/abl200k-$name/eval-validation
   done
+}
+curves() {  # curves RUN...: step for step, training masked accuracy (mean over windows of WINDOW steps, default 200)
+  # and validation masked accuracy at the steps every run validated. Runs with one seed see the same batches and masks
+  "$SGDD_PY" - "${WINDOW:-200}" "$@" <<'PY'
+import json, sys
+window, runs = int(sys.argv[1]), sys.argv[2:]
+train, val = {r: {} for r in runs}, {r: {} for r in runs}
+for r in runs:
+    for line in open(f"{r}/metrics.jsonl"):
+        row = json.loads(line)
+        if "masked_acc" in row:
+            train[r][row["step"]] = row["masked_acc"]
+        elif "val_acc" in row:
+            val[r][row["step"]] = row["val_acc"]
+print("training masked accuracy %, steps", *runs, sep="\t")
+for lo in range(0, max(max(a) for a in train.values()), window):
+    cells = [[v for s, v in train[r].items() if lo < s <= lo + window] for r in runs]
+    print(f"{lo + 1}-{lo + window}", *(f"{100 * sum(c) / len(c):.1f}" if c else "-" for c in cells), sep="\t")
+print("validation masked accuracy %, step", *runs, sep="\t")
+for step in sorted(set.intersection(*(set(v) for v in val.values()))):
+    print(step, *(f"{100 * val[r][step]:.1f}" for r in runs), sep="\t")
+PY
+}
+curves_recon_cpu_ablations_200k() {  # the ABL runs (default: the two seed-0 runs of the recipe and the two body
+  # learning rates) step for step (RESULTS.md 0f)
+  local runs
+  read -ra runs <<< "${ABL:-recipe recipe-0f body-lr3 body-lr10}"
+  curves "${runs[@]/#/runs/abl200k-}"
+}
+curves_recon_cpu_lr3_paired() {  # recon-cpu-lr3-paired against 0c's run, step for step, windows of 1,000 steps
+  WINDOW=${WINDOW:-1000} curves runs/recon-cpu-zen5-eager runs/recon-cpu-lr3-paired
+}
+recon_cpu_lr3_paired() {  # configs/recon-cpu.yaml (the body at 3e-4) with its LR decay fitted to 0c's 22,972 steps
+  # instead of the clock, stopped after MINUTES (default 60) with SIGINT: the same batches, masks and (nearly) the
+  # same LR at every step as 0c's run at 1e-4, validated every 250 steps on the same sentences (RESULTS.md 0f)
+  local rc=0
+  OMP_NUM_THREADS=2 timeout --signal=INT "${MINUTES:-60}m" $SGDD train --out runs/recon-cpu-lr3-paired \
+    --config configs/recon-cpu.yaml --set optim.max_minutes=null --set optim.max_steps=22972 || rc=$?
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]  # 124: stopped by the timeout, as intended
 }
 paraphrase_recon_cpu_200k() {  # phase 2 from the 200,000-sentence preset's model (RUN, RESULTS.md 0c's by default)
   local run=${RUN:-runs/recon-cpu-zen5-eager}
