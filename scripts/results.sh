@@ -332,9 +332,12 @@ eval_recon_cpu_ablations_200k() {  # one decode of the first 300 validation sent
       --repetition-penalty 2 --metric token_accuracy --metric bleu --metric bow_f1 --out runs/abl200k-$name/eval-validation
   done
 }
-curves() {  # curves RUN...: step for step, training masked accuracy (mean over windows of WINDOW steps, default 200)
-  # and validation masked accuracy at the steps every run validated. Runs with one seed see the same batches and masks
-  "$SGDD_PY" - "${WINDOW:-200}" "$@" <<'PY'
+curves() {  # curves RUN... (as a step: RUNS="RUN ..."): step for step, training masked accuracy (mean over windows of
+  # WINDOW steps, default 200) and validation masked accuracy at the steps every run validated. Runs with one seed see
+  # the same batches and masks
+  local runs=("$@")
+  [ ${#runs[@]} -gt 0 ] || read -ra runs <<< "${RUNS:?RUNS names the run directories}"
+  "$SGDD_PY" - "${WINDOW:-200}" "${runs[@]}" <<'PY'
 import json, sys
 window, runs = int(sys.argv[1]), sys.argv[2:]
 train, val = {r: {} for r in runs}, {r: {} for r in runs}
