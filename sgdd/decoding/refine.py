@@ -83,8 +83,8 @@ def deletion_gains(ids: torch.Tensor, content: torch.Tensor, encode: Callable[[t
                    target: torch.Tensor, current: torch.Tensor, eos_id: int | None) -> torch.Tensor:
     """[N, L]: how much the cosine of each row's re-encoded output to its ``target`` [N, D] rises
     (from ``current`` [N]) when one content token is deleted; -inf where nothing is deleted.
-    A deleted token's followers move one position left; the last position gets the end token
-    (or its own token when there is none)."""
+    A deleted token's followers move one position left, and the last position keeps its token,
+    except that it becomes the end token (when there is one) where it held content."""
     N, L = ids.shape
     rows, pos = content.nonzero(as_tuple=True)  # one variant per content token
     gains = torch.full((N, L), float("-inf"))

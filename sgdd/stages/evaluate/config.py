@@ -56,7 +56,7 @@ class EvalConfig(Sampling):
                              "if it raises the cosine to the condition; loads the encoder). null = off.")
     refine_steps: int = doc(3, "Refinement rounds with --refine encoder (metrics are reported after each).")
     refine_candidates: int = doc(8, "Candidates per row and refinement round: candidate c remasks a growing "
-                                    "number of the least confident tokens (up to half of them).")
+                                    "number of tokens (up to half of them; which ones: refine_order).")
     refine_order: str = doc("confidence", "Which tokens a refinement candidate remasks: confidence = the least "
                                           "confident when committed; usefulness = those whose deletion raises the "
                                           "cosine most (every one-token deletion re-encoded); both = alternately.")
