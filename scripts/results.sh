@@ -19,7 +19,8 @@
 #   HEAD=runs/mtp-more-1l-cont PRECISION=fp32 (or bf16) bash scripts/results.sh tune-mtp-lookup; HEAD=... TREE="--draft-nodes 3 --lookup 3" ... spec-mtp-tree
 #     (prompt lookup beside the head, and alone)
 #   ABL="..." bash scripts/results.sh recon-cpu-ablations-200k eval-recon-cpu-ablations-200k curves-recon-cpu-ablations-200k;
-#     bash scripts/results.sh recon-cpu-lr3-paired tune-recon-refine-order   (equal-time ablations; the body's LR step for step)
+#     MINUTES=55 bash scripts/results.sh recon-cpu-lr3-paired curves-recon-cpu-lr3-paired tune-recon-refine-order
+#     (equal-time ablations; the body's LR step for step against 0c; what refinement remasks)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
