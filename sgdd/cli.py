@@ -435,11 +435,16 @@ def card(path: str) -> None:
 
 
 def main() -> None:
+    # click's standalone mode would print "Aborted!" for Ctrl-C itself; its other handling is kept here
     try:
-        cli(standalone_mode=True)
-    except KeyboardInterrupt:
-        click.echo("interrupted; committed work is kept (rerun the same command to resume)", err=True)
+        code = cli.main(standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted; committed work is kept (collect continues when rerun, train with --resume)", err=True)
         sys.exit(130)
+    except click.exceptions.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

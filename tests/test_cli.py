@@ -130,3 +130,30 @@ def test_output_path_that_is_a_file_loses_nothing(tiny_encoder_dir, corpus, tmp_
                                  "--split", "train", "--out", str(target)])
     assert r.exit_code == 1 and "not a directory" in r.output
     assert target.read_text() == "precious"
+
+
+def test_main_turns_ctrl_c_into_one_line_and_status_130(monkeypatch, capsys, tmp_path):
+    import sgdd.cache.hf
+    from sgdd.cli import main
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sgdd.cache.hf, "write_dataset_card", interrupted)
+    monkeypatch.setattr("sys.argv", ["sgdd", "cache", "card", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted; committed work is kept" in err and "Aborted!" not in err
+
+
+def test_main_keeps_clicks_exit_statuses(monkeypatch, capsys):
+    from sgdd.cli import main
+
+    for argv, code in ((["sgdd", "--version"], 0), (["sgdd", "train", "--no-such-option"], 2)):
+        monkeypatch.setattr("sys.argv", argv)
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        assert exit_.value.code == code
+    assert "No such option" in capsys.readouterr().err
