@@ -371,6 +371,9 @@ recon_cpu_lr3_paired() {  # configs/recon-cpu.yaml (the body at 3e-4) with its L
   # instead of the clock, stopped after MINUTES (default 60) with SIGINT: the same batches, masks and (nearly) the
   # same LR at every step as 0c's run at 1e-4, validated every 250 steps on the same sentences (RESULTS.md 0f)
   local rc=0
+  if [ -f runs/recon-cpu-lr3-paired/checkpoints/last/model.safetensors ]; then
+    echo "runs/recon-cpu-lr3-paired already made (a timed slice: not resumed)"; return
+  fi
   OMP_NUM_THREADS=2 timeout --signal=INT "${MINUTES:-60}m" $SGDD train --out runs/recon-cpu-lr3-paired \
     --config configs/recon-cpu.yaml --set optim.max_minutes=null --set optim.max_steps=22972 || rc=$?
   [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ]  # 124: stopped by the timeout, as intended
