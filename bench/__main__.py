@@ -1,4 +1,5 @@
-"""python -m bench [--quick] [--only collect,generate,train,decode,scale,fewrows] [--reps N] [--json FILE]
+"""python -m bench [--quick] [--only collect,generate,train,decode,scale,fewrows] [--reps N] [--n N]
+                 [--collect-methods sgdd,ceiling,...] [--json FILE]
 
 Runs the suites, prints one table per suite and writes everything as JSON. --quick is a
 seconds-long smoke run on the tiny in-process model: it exercises every code path and asserts
@@ -95,6 +96,9 @@ def main() -> None:
     ap.add_argument("--only", default=",".join(SUITES), help=f"comma-separated suites ({', '.join(SUITES)})")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per method (default 3; 1 with --quick)")
     ap.add_argument("--n", type=int, default=None, help="sentences (default 5000; 256 with --quick)")
+    ap.add_argument("--collect-methods", default=None,
+                    help=f"collect suite: comma-separated methods to run (default all: {', '.join(collect.METHODS)}; "
+                         "sgdd and ceiling are always needed)")
     ap.add_argument("--json", default="bench-results.json", help="where to write the results")
     args = ap.parse_args()
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -103,6 +107,10 @@ def main() -> None:
         ap.error(f"unknown suite(s) {', '.join(sorted(unknown))} (valid: {', '.join(SUITES)})")
     reps = args.reps or (1 if args.quick else 3)
     n = args.n or (256 if args.quick else 5000)
+    collect_methods = [m.strip() for m in args.collect_methods.split(",")] if args.collect_methods else None
+    if collect_methods and not {"sgdd", "ceiling"} <= set(collect_methods) <= set(collect.METHODS):
+        ap.error(f"--collect-methods {args.collect_methods!r}: a subset of {', '.join(collect.METHODS)} "
+                 "holding sgdd and ceiling")
 
     workdir = Path(tempfile.mkdtemp(prefix="sgdd-bench-"))
     try:
@@ -130,7 +138,7 @@ def main() -> None:
                                                      prompt_tokens=16 if args.quick else 128)
             print_suite("collect --generate (batches of --batch-size prompts vs one chunk)", results["generate"])
         if "collect" in only:
-            results["collect"] = collect.run_suite(setup, reps)
+            results["collect"] = collect.run_suite(setup, reps, collect_methods)
             print_suite("collect", results["collect"])
         if {"precision", "train", "decode"} & set(only):
             cache_dir = build_cache(setup)
