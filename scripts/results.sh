@@ -21,6 +21,8 @@
 #   ABL="..." bash scripts/results.sh recon-cpu-ablations-200k eval-recon-cpu-ablations-200k curves-recon-cpu-ablations-200k;
 #     MINUTES=55 bash scripts/results.sh recon-cpu-lr3-paired curves-recon-cpu-lr3-paired tune-recon-refine-order
 #     (equal-time ablations; the body's LR step for step against 0c; what refinement remasks)
+#   RUN=runs/recon-cpu-zen5-lr3 bash scripts/results.sh recon-cpu-200k eval-recon-cpu-200k eval-recon-sampler
+#     (the preset as it is, the body at lr 3e-4, for its 120 minutes: RESULTS.md 0g)
 #   RUN=runs/recon-cpu-zen5-lr3 bash scripts/results.sh recon-cpu-200k eval-recon-cpu-200k eval-recon-sampler;
 #     RUN=... bash scripts/results.sh tune-recon-length; RUN=... LENGTH=beam:N ... eval-recon-length
 #     (the preset at the body's lr 3e-4 for its 120 minutes; the length beam by the decoder's own score)
