@@ -23,9 +23,6 @@
 #     (equal-time ablations; the body's LR step for step against 0c; what refinement remasks)
 #   RUN=runs/recon-cpu-zen5-lr3 bash scripts/results.sh recon-cpu-200k eval-recon-cpu-200k eval-recon-sampler
 #     (the preset as it is, the body at lr 3e-4, for its 120 minutes: RESULTS.md 0g)
-#   RUN=runs/recon-cpu-zen5-lr3 bash scripts/results.sh recon-cpu-200k eval-recon-cpu-200k eval-recon-sampler;
-#     RUN=... bash scripts/results.sh tune-recon-length; RUN=... LENGTH=beam:N ... eval-recon-length
-#     (the preset at the body's lr 3e-4 for its 120 minutes; the length beam by the decoder's own score)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -288,21 +285,6 @@ tune_recon_refine_order() {  # which tokens a refinement candidate remasks, insi
       --out $run/search-validation-beam4-refine4x4-$order &
   done
   wait
-}
-# The length beam kept by the decoder's own score (its mean log-probability of the tokens it committed; no
-# encoder), one decode of 16 steps per candidate length with the preset's rule (RESULTS.md 0g): chosen on the
-# first 300 validation sentences, then LENGTH (the choice) against the predicted length on the 600 test sentences
-LENGTH_EVAL=(--steps 16 --repetition-penalty 2 --sampler topk_margin --metric exact_match --metric token_accuracy
-             --metric bleu --metric bow_f1)
-tune_recon_length() {
-  local run=${RUN:-runs/recon-cpu-zen5-eager}
-  OMP_NUM_THREADS=${THREADS:-2} $SGDD eval --run $run --split validation --max-samples 300 "${LENGTH_EVAL[@]}" \
-    --sweep length=predicted,beam:2,beam:4,beam:8 --out $run/tune-length-validation
-}
-eval_recon_length() {
-  local run=${RUN:-runs/recon-cpu-zen5-eager}
-  OMP_NUM_THREADS=${THREADS:-2} $SGDD eval --run $run --split test --max-samples 600 "${LENGTH_EVAL[@]}" \
-    --sweep length=predicted,${LENGTH:?set LENGTH, e.g. beam:4} --out $run/eval-test-length
 }
 tune_recon_search_wide() {  # more search on the 120-minute model (RESULTS.md 0b), first 100 validation sentences, one
   # thread each, side by side: beam 4 + 4 x 4 (the chosen search), 8 x 8, 8 x 8 at refinement temperature 1
