@@ -108,9 +108,11 @@ def main() -> None:
     reps = args.reps or (1 if args.quick else 3)
     n = args.n or (256 if args.quick else 5000)
     collect_methods = [m.strip() for m in args.collect_methods.split(",")] if args.collect_methods else None
-    if collect_methods and not {"sgdd", "ceiling"} <= set(collect_methods) <= set(collect.METHODS):
-        ap.error(f"--collect-methods {args.collect_methods!r}: a subset of {', '.join(collect.METHODS)} "
-                 "holding sgdd and ceiling")
+    if collect_methods is not None:
+        try:
+            collect.check_methods(collect_methods)  # before any work
+        except ValueError as e:
+            ap.error(f"--collect-methods: {e}")
 
     workdir = Path(tempfile.mkdtemp(prefix="sgdd-bench-"))
     try:

@@ -176,12 +176,18 @@ def worker(args: dict) -> dict:
     return result
 
 
+def check_methods(methods: list[str]) -> None:
+    """Refuses a method list that is not a subset of METHODS holding sgdd and the ceiling."""
+    if not {"sgdd", "ceiling"} <= set(methods) <= set(METHODS):
+        raise ValueError(f"collect methods {','.join(methods)}: a subset of {', '.join(METHODS)} holding sgdd and ceiling")
+
+
 def run_suite(setup: Setup, reps: int, methods: list[str] | None = None) -> dict:
-    """``methods``: a subset of METHODS (sgdd and the ceiling at least); default all. The ratios
-    against a method left out are left out."""
-    methods = [m for m in METHODS if m in (methods or METHODS)]
-    if not {"sgdd", "ceiling"} <= set(methods):
-        raise ValueError(f"the collect suite needs sgdd and ceiling among its methods, got {methods}")
+    """``methods``: a subset of METHODS (see ``check_methods``); default all. The ratios against a
+    method left out are left out."""
+    if methods is not None:
+        check_methods(methods)
+    methods = [m for m in METHODS if m in (methods or METHODS)]  # METHODS' order
     args = {"model": setup.model, "corpus": str(setup.corpus), "out": str(setup.workdir / "collect-out"),
             "max_tokens": max_tokens(setup.quick)}
     raw = alternate("bench.collect", methods, args, reps)
