@@ -23,6 +23,7 @@
 #     (equal-time ablations; the body's LR step for step against 0c; what refinement remasks)
 #   RUN=runs/recon-cpu-zen5-lr3 bash scripts/results.sh recon-cpu-200k eval-recon-cpu-200k eval-recon-sampler
 #     (the preset as it is, the body at lr 3e-4, for its 120 minutes: RESULTS.md 0g)
+#   make quickstart; bash scripts/results.sh quickstart-length-beam   (the length beam by the model's own score: RESULTS.md 0h)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -275,6 +276,12 @@ eval_recon_sampler() {  # the rule tune-recon-sampler chose (topk_margin) agains
     --out $run/eval-test-sampler
   OMP_NUM_THREADS=2 $SGDD eval --run $run --split test "${SEARCH4[@]}" --sampler topk_margin \
     --out $run/eval-test-beam4-refine4x4-margin
+}
+quickstart_length_beam() {  # on the model `make quickstart` trains (runs/quickstart): the length beam kept by the
+  # decoder's own mean log-probability, against the length head's best length and the reference's, on its
+  # 300 validation sentences (RESULTS.md 0h)
+  $SGDD eval --config runs/quickstart/eval-validation/eval-config.yaml --out runs/quickstart/eval-lengthbeam \
+    --metric token_accuracy --metric bleu --metric bow_f1 --sweep length=predicted,beam:2,beam:4,oracle
 }
 tune_recon_refine_order() {  # which tokens a refinement candidate remasks, inside the search of SEARCH4 (0c's model,
   # first 100 validation sentences; the least confident ones are the default, in search-validation-beam4-refine4x4):
