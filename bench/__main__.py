@@ -99,12 +99,18 @@ def main() -> None:
     ap.add_argument("--collect-methods", default=None,
                     help=f"collect suite: comma-separated methods to run (default all: {', '.join(collect.METHODS)}; "
                          "sgdd and ceiling are always needed)")
+    ap.add_argument("--precision-steps", type=int, default=None,
+                    help="timed training steps per method in the precision suite (default 20 after 3 warm-up steps, 3 "
+                         "with --quick; under 10 get 1 warm-up step); emulated bf16 on a CPU without native bf16 "
+                         "takes ~10x fp32's time per step")
     ap.add_argument("--json", default="bench-results.json", help="where to write the results")
     args = ap.parse_args()
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(only) - set(SUITES)
     if unknown:
         ap.error(f"unknown suite(s) {', '.join(sorted(unknown))} (valid: {', '.join(SUITES)})")
+    if args.precision_steps is not None and args.precision_steps < 1:
+        ap.error(f"--precision-steps must be at least 1, got {args.precision_steps}")
     reps = args.reps or (1 if args.quick else 3)
     n = args.n or (256 if args.quick else 5000)
     collect_methods = [m.strip() for m in args.collect_methods.split(",")] if args.collect_methods else None
@@ -145,8 +151,9 @@ def main() -> None:
         if {"precision", "train", "decode"} & set(only):
             cache_dir = build_cache(setup)
         if "precision" in only:
-            results["precision"] = precision.run_suite(cache_dir, reps, steps=3 if args.quick else 20,
-                                                       warmup=1 if args.quick else 3)
+            steps = args.precision_steps or (3 if args.quick else 20)
+            results["precision"] = precision.run_suite(cache_dir, reps, steps=steps,
+                                                       warmup=1 if args.quick or steps < 10 else 3)
             print_suite("precision", results["precision"])
         if "train" in only:
             steps = 3 if args.quick else 20
