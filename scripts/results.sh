@@ -24,6 +24,7 @@
 #   RUN=runs/recon-cpu-zen5-lr3 bash scripts/results.sh recon-cpu-200k eval-recon-cpu-200k eval-recon-sampler
 #     (the preset as it is, the body at lr 3e-4, for its 120 minutes: RESULTS.md 0g)
 #   make quickstart; bash scripts/results.sh quickstart-length-beam   (the length beam by the model's own score: RESULTS.md 0h)
+#   bash scripts/results.sh length-input   (the length head reading the standardized condition: RESULTS.md 0i)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -282,6 +283,26 @@ quickstart_length_beam() {  # on the model `make quickstart` trains (runs/quicks
   # 300 validation sentences (RESULTS.md 0h)
   $SGDD eval --config runs/quickstart/eval-validation/eval-config.yaml --out runs/quickstart/eval-lengthbeam \
     --metric token_accuracy --metric bleu --metric bow_f1 --sweep length=predicted,beam:2,beam:4,oracle
+}
+length_input() {  # the length head reading the standardized condition (model.length_input) against the raw one: the
+  # quickstart's recipe on its first 12,000 training sentences, 12 minutes, one thread each, side by side; then one
+  # decode of the first 600 of 2,000 validation sentences each (RESULTS.md 0i)
+  [ -f cache/lenexp/validation/manifest.json ] || $SGDD collect --model sentence-transformers/all-MiniLM-L6-v2 \
+    --dataset wiki --data-dir "$DATA/wiki" --split train:60000 --split validation:2000 --max-tokens 32 --dtype fp16 \
+    --out cache/lenexp
+  local arm
+  for arm in raw standardized; do
+    OMP_NUM_THREADS=1 train runs/length-input-$arm --config configs/quickstart.yaml --cache cache/lenexp \
+      --max-train-samples 12000 --set model.length_input=$arm &
+  done
+  wait
+  for arm in raw standardized; do
+    OMP_NUM_THREADS=1 $SGDD eval --config configs/quickstart.yaml --run runs/length-input-$arm --split validation \
+      --max-samples 600 --metric token_accuracy --metric bleu --metric bow_f1 --out runs/length-input-$arm/eval-validation &
+  done
+  wait
+  $SGDD eval --config configs/quickstart.yaml --run runs/length-input-raw --split validation --max-samples 600 \
+    --metric token_accuracy --metric bleu --metric bow_f1 --length oracle --out runs/length-input-raw/eval-validation-oracle
 }
 tune_recon_refine_order() {  # which tokens a refinement candidate remasks, inside the search of SEARCH4 (0c's model,
   # first 100 validation sentences; the least confident ones are the default, in search-validation-beam4-refine4x4):

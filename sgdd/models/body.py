@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from sgdd.models.decoder import DecoderConfig, LengthHead, OutputVocab
+from sgdd.models.decoder import DecoderConfig, OutputVocab, length_head
 from sgdd.errors import SgddError
 
 BODY_PREFIX = "body."  # state-dict prefix of the pretrained weights (their own learning rate)
@@ -128,7 +128,7 @@ class BodyDecoder(OutputVocab, nn.Module):
         self.null_cond = nn.Parameter(torch.zeros(cond_dim))  # learned "no condition" vector (CFG)
         self.head = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H, eps=1e-12))
         self._init_output(out_vocab)  # out_bias, and the restricted vocabulary's ids (model.vocab corpus)
-        self.length_head = LengthHead(cond_dim, cfg.max_len) if cfg.length_head else None
+        self.length_head = length_head(cfg, cond_dim)
 
     @property
     def tok_emb(self) -> nn.Embedding:

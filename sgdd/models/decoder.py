@@ -37,6 +37,7 @@ from sgdd.models import fewrows
 CONDITIONINGS = ("cross", "adaln", "prefix")
 INIT_BODIES = ("none", "encoder")
 VOCABS = ("full", "corpus")
+LENGTH_INPUTS = ("raw", "standardized")
 
 
 @dataclass
@@ -81,6 +82,13 @@ class DecoderConfig:
     )
     length_head: bool = doc(False, "Predict each sentence's token count from the condition (a small MLP); decoding "
                             "then generates exactly that many positions instead of max_len padded ones.")
+    length_input: str = doc(
+        "raw",
+        "What the length head reads: raw (the condition as the cache stores it) or standardized (each dimension "
+        "shifted and scaled by the training split's mean and standard deviation, saved with the weights: a "
+        "normalised sentence vector's dimensions are ~0.05 wide around a shared mean). Standardized finds the "
+        "exact length more often but decoded no better at the quickstart's budget (RESULTS.md 0i).",
+    )
 
     def problems(self) -> list[str]:
         """Every problem of this config, one short sentence each."""
@@ -101,6 +109,8 @@ class DecoderConfig:
             p.append(f"model.cond_drop must be in [0, 1), got {self.cond_drop}")
         if not 0 <= self.dropout < 1:
             p.append(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.length_input not in LENGTH_INPUTS:
+            p.append(f"model.length_input {self.length_input!r} unknown (valid: {', '.join(LENGTH_INPUTS)})")
         if self.vocab not in VOCABS:
             p.append(f"model.vocab {self.vocab!r} unknown (valid: {', '.join(VOCABS)})")
         if self.init_body not in INIT_BODIES:
@@ -227,16 +237,49 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+class Standardizer(nn.Module):
+    """z [B, D] -> (z - mean) / std per dimension, with statistics set once by :meth:`fit`
+    (buffers, saved with the weights)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, vectors: torch.Tensor) -> None:
+        """The statistics of ``vectors`` [N, D]; a dimension that hardly varies is divided by a
+        thousandth of the mean spread instead of by ~0."""
+        if vectors.ndim != 2 or vectors.shape[1] != self.mean.shape[0] or vectors.shape[0] < 2:
+            raise SgddError(f"standardizing needs at least 2 vectors of {self.mean.shape[0]} dimensions, "
+                            f"got shape {tuple(vectors.shape)}")
+        v = vectors.double()
+        std = v.std(0)
+        with torch.no_grad():
+            self.mean.copy_(v.mean(0))
+            self.std.copy_(std.clamp_min(1e-3 * float(std.mean()) + 1e-12))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean.to(z.dtype)) / self.std.to(z.dtype)
+
+
+def length_head(cfg: "DecoderConfig", cond_dim: int) -> "LengthHead | None":
+    """``model.length_head`` and ``model.length_input`` as a module (None without a head)."""
+    if not cfg.length_head:
+        return None
+    return LengthHead(cond_dim, cfg.max_len, standardized=cfg.length_input == "standardized")
+
+
 class LengthHead(nn.Module):
     """Condition z [B, Dz] -> logits [B, max_len + 1] over the number of tokens of the sentence,
     special start and end tokens included (Mask-Predict predicts the length the same way)."""
 
-    def __init__(self, cond_dim: int, max_len: int, hidden: int = 256):
+    def __init__(self, cond_dim: int, max_len: int, hidden: int = 256, standardized: bool = False):
         super().__init__()
+        self.norm = Standardizer(cond_dim) if standardized else None  # model.length_input
         self.net = nn.Sequential(nn.Linear(cond_dim, hidden), nn.GELU(), nn.Linear(hidden, max_len + 1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        return self.net(z if self.norm is None else self.norm(z))
 
 
 class SelfAttention(nn.Module):
@@ -344,7 +387,7 @@ class Decoder(OutputVocab, nn.Module):
         if not cfg.tie_output:
             self.out_emb = nn.Parameter(torch.empty(vocab_size, embed_dim))
         self._init_output(out_vocab)  # out_bias, and the restricted vocabulary's ids (model.vocab corpus)
-        self.length_head = LengthHead(cond_dim, cfg.max_len) if cfg.length_head else None
+        self.length_head = length_head(cfg, cond_dim)
         prefix = cfg.cond_tokens if mode == "prefix" else 0
         cos, sin = rope_tables(prefix + cfg.max_len, d // cfg.n_heads, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)

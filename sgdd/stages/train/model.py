@@ -80,6 +80,11 @@ def build_model(cfg: TrainConfig, data: TrainData) -> Decoder:
         elif data.lm_head is not None and not data.info.get("tied_lm_head", True):
             log.info("model.tie_output is true: the output layer is tied to the input embeddings, the base model's "
                      "separate LM head is not used (set model.tie_output false to start from it)")
+    if model.length_head is not None and model.length_head.norm is not None:  # model.length_input: standardized
+        if data.view != "sentence":
+            raise SgddError(f"model.length_input standardized is for the sentence view (this cache trains the "
+                            f"{data.view} view)")
+        model.length_head.norm.fit(data.train.vectors)
     if vocab is not None:
         model.set_vocab(vocab)
         log.info(f"model.vocab corpus: {len(vocab)} of {data.vocab_size} tokens in the output projection")
