@@ -25,6 +25,7 @@
 #     (the preset as it is, the body at lr 3e-4, for its 120 minutes: RESULTS.md 0g)
 #   make quickstart; bash scripts/results.sh quickstart-length-beam   (the length beam by the model's own score: RESULTS.md 0h)
 #   bash scripts/results.sh length-input   (the length head reading the standardized condition: RESULTS.md 0i)
+#   bash scripts/results.sh quickstart-data   (the quickstart's 12,000 training sentences against 36,000: RESULTS.md 0j)
 #   bash scripts/results.sh mtp-gen-more; MTP_CACHE=cache/smollm2-gen-7680 MTP_RUNS=runs/mtp-more DRAFT_VOCAB=4096 ... mtp-corpus eval-mtp-corpus tune-mtp-corpus   (more data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -284,12 +285,14 @@ quickstart_length_beam() {  # on the model `make quickstart` trains (runs/quicks
   $SGDD eval --config runs/quickstart/eval-validation/eval-config.yaml --out runs/quickstart/eval-lengthbeam \
     --metric token_accuracy --metric bleu --metric bow_f1 --sweep length=predicted,beam:2,beam:4,oracle
 }
+length_input_cache() {  # 60,000 training and 2,000 validation sentences, the quickstart's collect settings
+  $SGDD collect --model sentence-transformers/all-MiniLM-L6-v2 --dataset wiki --data-dir "$DATA/wiki" \
+    --split train:60000 --split validation:2000 --max-tokens 32 --dtype fp16 --out cache/lenexp
+}
 length_input() {  # the length head reading the standardized condition (model.length_input) against the raw one: the
   # quickstart's recipe on its first 12,000 training sentences, 12 minutes, one thread each, side by side; then one
   # decode of the first 600 of 2,000 validation sentences each (RESULTS.md 0i)
-  [ -f cache/lenexp/validation/manifest.json ] || $SGDD collect --model sentence-transformers/all-MiniLM-L6-v2 \
-    --dataset wiki --data-dir "$DATA/wiki" --split train:60000 --split validation:2000 --max-tokens 32 --dtype fp16 \
-    --out cache/lenexp
+  [ -f cache/lenexp/validation/manifest.json ] || length_input_cache
   local arm
   for arm in raw standardized; do
     OMP_NUM_THREADS=1 train runs/length-input-$arm --config configs/quickstart.yaml --cache cache/lenexp \
@@ -303,6 +306,21 @@ length_input() {  # the length head reading the standardized condition (model.le
   wait
   $SGDD eval --config configs/quickstart.yaml --run runs/length-input-raw --split validation --max-samples 600 \
     --metric token_accuracy --metric bleu --metric bow_f1 --length oracle --out runs/length-input-raw/eval-validation-oracle
+}
+quickstart_data() {  # the quickstart's recipe on 12,000 (its own) and 36,000 training sentences of 0i's cache, 12
+  # minutes, one thread each, side by side; one decode of the same 600 validation sentences each (RESULTS.md 0j)
+  [ -f cache/lenexp/validation/manifest.json ] || length_input_cache
+  local n
+  for n in 12000 36000; do
+    OMP_NUM_THREADS=1 train runs/quickstart-data-$n --config configs/quickstart.yaml --cache cache/lenexp \
+      --max-train-samples $n &
+  done
+  wait
+  for n in 12000 36000; do
+    OMP_NUM_THREADS=1 $SGDD eval --config configs/quickstart.yaml --run runs/quickstart-data-$n --split validation \
+      --max-samples 600 --metric token_accuracy --metric bleu --metric bow_f1 --out runs/quickstart-data-$n/eval-validation &
+  done
+  wait
 }
 tune_recon_refine_order() {  # which tokens a refinement candidate remasks, inside the search of SEARCH4 (0c's model,
   # first 100 validation sentences; the least confident ones are the default, in search-validation-beam4-refine4x4):
