@@ -285,42 +285,34 @@ quickstart_length_beam() {  # on the model `make quickstart` trains (runs/quicks
   $SGDD eval --config runs/quickstart/eval-validation/eval-config.yaml --out runs/quickstart/eval-lengthbeam \
     --metric token_accuracy --metric bleu --metric bow_f1 --sweep length=predicted,beam:2,beam:4,oracle
 }
-length_input_cache() {  # 60,000 training and 2,000 validation sentences, the quickstart's collect settings
-  $SGDD collect --model sentence-transformers/all-MiniLM-L6-v2 --dataset wiki --data-dir "$DATA/wiki" \
-    --split train:60000 --split validation:2000 --max-tokens 32 --dtype fp16 --out cache/lenexp
+lenexp_arms() {  # lenexp_arms "RUN ARGS..." ...: per arm, the quickstart's recipe on cache/lenexp (60,000 training and
+  # 2,000 validation sentences, the quickstart's collect settings) for its 12 minutes, one thread each, side by side;
+  # then one decode of the first 600 validation sentences each
+  [ -f cache/lenexp/validation/manifest.json ] || $SGDD collect --model sentence-transformers/all-MiniLM-L6-v2 \
+    --dataset wiki --data-dir "$DATA/wiki" --split train:60000 --split validation:2000 --max-tokens 32 --dtype fp16 \
+    --out cache/lenexp
+  local arm a
+  for arm in "$@"; do
+    read -ra a <<< "$arm"
+    OMP_NUM_THREADS=1 train "runs/${a[0]}" --config configs/quickstart.yaml --cache cache/lenexp "${a[@]:1}" &
+  done
+  wait
+  for arm in "$@"; do
+    read -ra a <<< "$arm"
+    OMP_NUM_THREADS=1 $SGDD eval --config configs/quickstart.yaml --run "runs/${a[0]}" --split validation \
+      --max-samples 600 --metric token_accuracy --metric bleu --metric bow_f1 --out "runs/${a[0]}/eval-validation" &
+  done
+  wait
 }
-length_input() {  # the length head reading the standardized condition (model.length_input) against the raw one: the
-  # quickstart's recipe on its first 12,000 training sentences, 12 minutes, one thread each, side by side; then one
-  # decode of the first 600 of 2,000 validation sentences each (RESULTS.md 0i)
-  [ -f cache/lenexp/validation/manifest.json ] || length_input_cache
-  local arm
-  for arm in raw standardized; do
-    OMP_NUM_THREADS=1 train runs/length-input-$arm --config configs/quickstart.yaml --cache cache/lenexp \
-      --max-train-samples 12000 --set model.length_input=$arm &
-  done
-  wait
-  for arm in raw standardized; do
-    OMP_NUM_THREADS=1 $SGDD eval --config configs/quickstart.yaml --run runs/length-input-$arm --split validation \
-      --max-samples 600 --metric token_accuracy --metric bleu --metric bow_f1 --out runs/length-input-$arm/eval-validation &
-  done
-  wait
+length_input() {  # the length head reading the standardized condition (model.length_input) against the raw one, on
+  # the first 12,000 training sentences; the raw model also at the reference's length (RESULTS.md 0i)
+  lenexp_arms "length-input-raw --max-train-samples 12000 --set model.length_input=raw" \
+    "length-input-standardized --max-train-samples 12000 --set model.length_input=standardized"
   $SGDD eval --config configs/quickstart.yaml --run runs/length-input-raw --split validation --max-samples 600 \
     --metric token_accuracy --metric bleu --metric bow_f1 --length oracle --out runs/length-input-raw/eval-validation-oracle
 }
-quickstart_data() {  # the quickstart's recipe on 12,000 (its own) and 36,000 training sentences of 0i's cache, 12
-  # minutes, one thread each, side by side; one decode of the same 600 validation sentences each (RESULTS.md 0j)
-  [ -f cache/lenexp/validation/manifest.json ] || length_input_cache
-  local n
-  for n in 12000 36000; do
-    OMP_NUM_THREADS=1 train runs/quickstart-data-$n --config configs/quickstart.yaml --cache cache/lenexp \
-      --max-train-samples $n &
-  done
-  wait
-  for n in 12000 36000; do
-    OMP_NUM_THREADS=1 $SGDD eval --config configs/quickstart.yaml --run runs/quickstart-data-$n --split validation \
-      --max-samples 600 --metric token_accuracy --metric bleu --metric bow_f1 --out runs/quickstart-data-$n/eval-validation &
-  done
-  wait
+quickstart_data() {  # the quickstart's recipe on 12,000 (its own count) and 36,000 training sentences (RESULTS.md 0j)
+  lenexp_arms "quickstart-data-12000 --max-train-samples 12000" "quickstart-data-36000 --max-train-samples 36000"
 }
 tune_recon_refine_order() {  # which tokens a refinement candidate remasks, inside the search of SEARCH4 (0c's model,
   # first 100 validation sentences; the least confident ones are the default, in search-validation-beam4-refine4x4):
