@@ -1,5 +1,5 @@
 """python -m bench [--quick] [--only collect,generate,train,decode,scale,fewrows] [--reps N] [--n N]
-                 [--collect-methods sgdd,ceiling,...] [--json FILE]
+                 [--collect-methods sgdd,ceiling,...] [--precision-steps N] [--json FILE]
 
 Runs the suites, prints one table per suite and writes everything as JSON. --quick is a
 seconds-long smoke run on the tiny in-process model: it exercises every code path and asserts
@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--precision-steps", type=int, default=None,
                     help="timed training steps per method in the precision suite (default 20 after 3 warm-up steps, 3 "
                          "with --quick; under 10 get 1 warm-up step); emulated bf16 on a CPU without native bf16 "
-                         "takes ~10x fp32's time per step")
+                         "takes tens of times fp32's time per step (38x on an AVX2 EPYC, BENCHMARKS.md 0)")
     ap.add_argument("--json", default="bench-results.json", help="where to write the results")
     args = ap.parse_args()
     only = [s.strip() for s in args.only.split(",") if s.strip()]

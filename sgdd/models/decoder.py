@@ -254,9 +254,8 @@ class Standardizer(nn.Module):
                             f"got shape {tuple(vectors.shape)}")
         v = vectors.double()
         std = v.std(0)
-        with torch.no_grad():
-            self.mean.copy_(v.mean(0))
-            self.std.copy_(std.clamp_min(1e-3 * float(std.mean()) + 1e-12))
+        self.mean.copy_(v.mean(0))
+        self.std.copy_(std.clamp_min(1e-3 * float(std.mean()) + 1e-12))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.mean.to(z.dtype)) / self.std.to(z.dtype)
